@@ -1,0 +1,75 @@
+"""qlora_lessons.env: the mode switch, the device and the environment report."""
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+import torch
+
+from qlora_lessons import env
+
+
+def test_mode_follows_cuda_when_unset(monkeypatch):
+    monkeypatch.delenv(env.MODE_VARIABLE, raising=False)
+    assert env.course_mode() == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("value", ["cpu", "CPU", " cpu "])
+def test_mode_forced_to_cpu(monkeypatch, value):
+    monkeypatch.setenv(env.MODE_VARIABLE, value)
+    assert env.course_mode() == "cpu"
+    assert env.device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value", ["tpu", "cuda", "1"])
+def test_bad_mode_names_the_allowed_values(monkeypatch, value):
+    monkeypatch.setenv(env.MODE_VARIABLE, value)
+    with pytest.raises(ValueError, match="QLORA_LESSONS_MODE.*'cpu' and 'gpu'"):
+        env.course_mode()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_gpu_mode_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(env.MODE_VARIABLE, "gpu")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        env.course_mode()
+
+
+def test_report_lists_versions_and_mode(monkeypatch):
+    monkeypatch.setenv(env.MODE_VARIABLE, "cpu")
+    report = env.describe_environment()
+    versions = dict(report.packages)
+    assert list(versions)[:4] == ["torch", "transformers", "peft", "bitsandbytes"]
+    assert versions["torch"] == metadata.version("torch")
+    assert versions["peft"] == metadata.version("peft")
+    assert report.mode == "cpu"
+    lines = str(report).splitlines()
+    assert lines[0].split() == ["python", platform.python_version()]
+    assert lines[-1].split() == ["course", "mode", "cpu"]
+
+
+def test_command_prints_the_report():
+    result = subprocess.run([sys.executable, "-m", "qlora_lessons"], capture_output=True, text=True,
+                            env={**os.environ, env.MODE_VARIABLE: "cpu"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "transformers" in result.stdout and "bitsandbytes" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].split() == ["course", "mode", "cpu"]
+
+
+def test_command_with_bad_mode_exits_with_the_error():
+    result = subprocess.run([sys.executable, "-m", "qlora_lessons"], capture_output=True, text=True,
+                            env={**os.environ, env.MODE_VARIABLE: "tpu"}, timeout=120)
+    assert result.returncode == 2
+    assert "allowed values are 'cpu' and 'gpu'" in result.stderr
+
+
+def test_seed_everything_repeats_draws():
+    env.seed_everything(3)
+    a = torch.rand(4)
+    env.seed_everything(3)
+    assert torch.equal(a, torch.rand(4))
+    with pytest.raises(ValueError, match="seed"):
+        env.seed_everything(-1)

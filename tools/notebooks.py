@@ -1,0 +1,106 @@
+"""Maintainer tool for the course notebooks: write, execute and clean them.
+
+    python tools/notebooks.py execute notebooks/05_nf4_by_hand.ipynb [...]   # run in CPU mode, save outputs
+    python tools/notebooks.py clean notebooks/*.ipynb                          # strip execution noise only
+    python tools/notebooks.py from-py lesson.py notebooks/05_nf4_by_hand.ipynb # percent-format script -> notebook
+
+`execute` runs each notebook top to bottom in a fresh kernel (QLORA_LESSONS_MODE=cpu, offline, working
+directory notebooks/), then cleans it, so the committed file is what a reader on GitHub should see.
+The percent format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines
+start with `# `.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
+KEEP_CELL_METADATA = ("tags",)
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop execution noise: timing and widget metadata, and keep the python3 kernel."""
+    nb.metadata = nbformat.from_dict({k: v for k, v in nb.metadata.items() if k in KEEP_NOTEBOOK_METADATA})
+    nb.metadata["kernelspec"] = KERNELSPEC
+    nb.metadata["language_info"] = {"name": "python"}
+    for cell in nb.cells:
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA})
+        cell.pop("id", None)
+        if cell.cell_type == "code":
+            for output in cell.outputs:
+                output.get("metadata", {}).pop("execution", None)
+                data = output.get("data", {})
+                data.pop("application/vnd.jupyter.widget-view+json", None)
+    nb.nbformat, nb.nbformat_minor = 4, 4
+    return nb
+
+
+def execute(path: Path, timeout: int) -> float:
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ.update(QLORA_LESSONS_MODE="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                      TOKENIZERS_PARALLELISM="false")
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - start
+    nbformat.write(clean(nb), path)
+    return seconds
+
+
+def from_py(source: Path) -> nbformat.NotebookNode:
+    """Split a percent-format script into cells."""
+    cells, kind, lines = [], None, []
+
+    def flush():
+        text = "\n".join(lines).strip("\n")
+        if kind == "markdown":
+            text = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in text.split("\n"))
+            cells.append(nbformat.v4.new_markdown_cell(text))
+        elif kind == "code" and text:
+            cells.append(nbformat.v4.new_code_cell(text))
+
+    for line in source.read_text().split("\n"):
+        if line.startswith("# %%"):
+            flush()
+            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+        elif kind is not None:
+            lines.append(line)
+    flush()
+    nb = nbformat.v4.new_notebook(cells=cells)
+    return clean(nb)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("execute")
+    run.add_argument("notebooks", nargs="+", type=Path)
+    run.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    tidy = sub.add_parser("clean")
+    tidy.add_argument("notebooks", nargs="+", type=Path)
+    convert = sub.add_parser("from-py")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("target", type=Path)
+    args = parser.parse_args()
+    if args.command == "execute":
+        for path in args.notebooks:
+            print(f"{path}: {execute(path, args.timeout):.1f} s", flush=True)
+    elif args.command == "clean":
+        for path in args.notebooks:
+            nbformat.write(clean(nbformat.read(path, as_version=4)), path)
+    else:
+        nbformat.write(from_py(args.source), args.target)
+        print(f"wrote {args.target} ({len(nbformat.read(args.target, as_version=4).cells)} cells)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
