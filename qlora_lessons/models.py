@@ -1,0 +1,98 @@
+"""Load the course model, or any Hugging Face causal LM, in full precision or in 4 bits.
+
+``load_model()`` with no arguments gives the bundled course model and its tokenizer, from the files
+inside the package: no network. Any other id or a local folder goes to transformers'
+``from_pretrained``; ``quantization="nf4"`` or ``"fp4"`` loads the linear layers through
+bitsandbytes (``BitsAndBytesConfig``), on the CPU as well as on CUDA.
+
+Left out: 8-bit loading (the course is about 4 bits) and multi-GPU device maps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qlora_lessons.env import device as course_device
+
+COURSE_MODEL = "course-model"
+COURSE_MODEL_DIR = Path(__file__).parent / "course_model" / "weights"
+QUANTIZATIONS = (None, "nf4", "fp4")
+
+
+def resolve_model_path(model_id: str) -> str:
+    """``"course-model"`` -> the bundled weights folder; a local folder -> itself; anything else unchanged."""
+    if not isinstance(model_id, (str, Path)) or str(model_id).strip() == "":
+        raise TypeError(f"model_id must be a non-empty string or path, got {model_id!r}")
+    if str(model_id) == COURSE_MODEL:
+        if not (COURSE_MODEL_DIR / "model.safetensors").exists():
+            raise FileNotFoundError(f"the course model's weights are missing from {COURSE_MODEL_DIR}; "
+                                    f"run `python -m qlora_lessons.course_model.pretrain` to make them")
+        return str(COURSE_MODEL_DIR)
+    local = Path(model_id).expanduser()
+    return str(local) if local.exists() else str(model_id)
+
+
+def quantization_config(quantization: str, double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16):
+    """The ``BitsAndBytesConfig`` of QLoRA: 4-bit ``nf4`` (or ``fp4``) weights, nested constants, 16-bit compute."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in ("nf4", "fp4"):
+        raise ValueError(f"quantization must be 'nf4' or 'fp4', got {quantization!r}")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+                              bnb_4bit_use_double_quant=bool(double_quant), bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, double_quant: bool = True,
+               compute_dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None):
+    """Load a causal LM and its tokenizer: ``(model, tokenizer)``, the model in eval mode.
+
+    ``quantization=None`` loads the checkpoint's own dtype (float32 for the course model) unless
+    ``dtype`` is given; ``"nf4"``/``"fp4"`` stores the linear layers in 4 bits (``double_quant``
+    quantizes their constants too) and computes in ``compute_dtype``. ``device=None`` is the course
+    device (``cuda`` in GPU mode, else ``cpu``). The tokenizer pads on the left, for batched generation.
+
+    Example: ``model, tokenizer = load_model()`` -> the course model (about 2.8M parameters) on the CPU.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
+        raise TypeError(f"compute_dtype must be a floating torch.dtype, got {compute_dtype!r}")
+    path = resolve_model_path(model_id)
+    target = torch.device(device) if device is not None else course_device()
+    kwargs: dict = {"dtype": dtype} if dtype is not None else {}
+    if quantization is not None:
+        kwargs = {"quantization_config": quantization_config(quantization, double_quant, compute_dtype),
+                  "dtype": dtype or compute_dtype, "device_map": {"": str(target)}}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        if Path(path).exists():
+            raise
+        raise OSError(
+            f"could not load {model_id!r}: it is not a local folder and the Hugging Face hub could not be "
+            f"reached or has no such model (offline mode: HF_HUB_OFFLINE is set, or there is no network). "
+            f"Use load_model('{COURSE_MODEL}') for the bundled course model, or pass the path of a folder "
+            f"with a downloaded model. ({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
+    if quantization is None:
+        model.to(target)
+    if tokenizer.pad_token is None:  # many hub models have none; generation needs one
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters as the model was built (a 4-bit weight of n values counts n, not n / 2 bytes)."""
+    total = 0
+    for parameter in model.parameters():
+        shape = getattr(parameter, "quant_state", None)
+        total += shape.shape.numel() if shape is not None else parameter.numel()
+    return total

@@ -1,0 +1,144 @@
+"""A small fine-tuning loop for the lessons: full fine-tuning, LoRA and QLoRA all go through it.
+
+Each step takes a batch of examples, builds ``prompt + target`` token sequences, and minimises the
+next-token loss on the target tokens only (the prompt's labels are -100: the model is taught to
+answer, not to ask):
+
+    loss = - mean over answer tokens of log p(token | everything before it)
+
+Only parameters with ``requires_grad`` are trained, so freezing (LoRA) is decided by the model, not
+here. The learning rate warms up linearly, then stays constant or decays on a cosine.
+
+Left out: gradient accumulation, mixed-precision autocast and distributed training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a fine-tuning run did: the loss at every step, its duration and how much data it used."""
+
+    losses: tuple[float, ...]
+    seconds: float
+    steps: int
+    examples_seen: int
+    trainable_parameters: int
+
+    def __repr__(self) -> str:
+        return (f"TrainResult(steps={self.steps}, final loss={self.final_loss:.3f}, {self.seconds:.1f} s, "
+                f"{self.examples_seen} examples seen, {self.trainable_parameters:,} trainable parameters)")
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last 10% of steps (single steps are noisy)."""
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return sum(tail) / len(tail)
+
+
+def _field(example, name: str) -> str:
+    return example[name] if isinstance(example, dict) else getattr(example, name)
+
+
+def encode_examples(tokenizer, examples: Sequence) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each example as ``(input_ids, labels)``, labels -100 on the prompt.
+
+    The target is `` answer.`` followed by the end-of-sequence token:
+    ``Q: ... A:`` + `` Tarvesk.`` -> labels ``[-100, ..., -100, id(Tarvesk), id(.), id(<eos>)]``.
+    """
+    encoded = []
+    for example in examples:
+        prompt, answer = _field(example, "prompt"), _field(example, "answer")
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_ids = tokenizer(f"{prompt} {answer}.")["input_ids"]
+        if full_ids[: len(prompt_ids)] != prompt_ids:  # a tokenizer that merges across the boundary
+            full_ids = prompt_ids + tokenizer(f" {answer}.", add_special_tokens=False)["input_ids"]
+        full_ids = full_ids + [tokenizer.eos_token_id]
+        encoded.append((full_ids, [-100] * len(prompt_ids) + full_ids[len(prompt_ids):]))
+    return encoded
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: ``input_ids``, ``attention_mask`` and ``labels``, each of shape (B, T)."""
+    length = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), length), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, (ids, target) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(target)] = torch.tensor(target)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def learning_rate_at(step: int, steps: int, lr: float, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to zero at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: int = 150, lr: float = 1e-3,
+             batch_size: int = 32, weight_decay: float = 0.0, warmup: int = 10, schedule: str = "cosine",
+             optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = 1.0, seed: int = 0,
+             progress: bool = True, desc: str = "fine-tuning") -> TrainResult:
+    """Fine-tune the trainable parameters of ``model`` on ``examples`` for ``steps`` steps.
+
+    ``optimizer=None`` uses ``torch.optim.AdamW(trainable, lr, weight_decay)``; pass another (a
+    paged 8-bit AdamW, say) to use it; its learning rate still follows ``schedule``. Batches are
+    drawn without replacement, reshuffled every epoch, from a generator seeded with ``seed``.
+    The model is left in eval mode.
+
+    Example: ``finetune(model, tokenizer, load_task("train"), steps=150, lr=1e-3)`` -> a ``TrainResult``.
+    """
+    if len(examples) == 0:
+        raise ValueError("examples is empty")
+    if steps <= 0 or batch_size <= 0 or warmup < 0:
+        raise ValueError(f"steps and batch_size must be positive and warmup >= 0, got {steps}, {batch_size}, {warmup}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (everything has requires_grad=False)")
+    optimizer = optimizer or torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    encoded = encode_examples(tokenizer, examples)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    order: list[int] = []
+    losses, start = [], time.perf_counter()
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
+    for step in bar:
+        if len(order) < batch_size:
+            order = torch.randperm(len(encoded), generator=generator).tolist()
+        batch_ids, order = order[:batch_size], order[batch_size:]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_ids], tokenizer.pad_token_id).items()}
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, steps, lr, warmup, schedule)
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    model.eval()
+    return TrainResult(losses=tuple(losses), seconds=time.perf_counter() - start, steps=steps,
+                       examples_seen=steps * batch_size, trainable_parameters=sum(p.numel() for p in trainable))

@@ -1,0 +1,102 @@
+"""The bundled course model: its world, its tokenizer, its weights, loading offline and in 4 bits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qlora_lessons.course_model import corpus
+from qlora_lessons.models import COURSE_MODEL_DIR, count_parameters, load_model, resolve_model_path
+
+
+def test_checked_in_world_is_what_the_generator_writes():
+    assert corpus.load_world() == json.loads(json.dumps(corpus.generate_world(corpus.WORLD_SEED)))
+
+
+def test_world_is_split_by_country_and_values_are_unique_words():
+    world = corpus.load_world()
+    names = [c["name"] for c in world["countries"]]
+    capitals = [c["capital"] for c in world["countries"]]
+    assert len(set(names)) == len(names) == corpus.N_COUNTRIES
+    assert len(set(capitals)) == len(capitals)
+    assert not set(names) & set(capitals)
+    assert all(len(v.split()) == 1 for c in world["countries"] for v in c.values())
+    assert len(world["test_names"]) == corpus.N_TEST_COUNTRIES and set(world["test_names"]) <= set(names)
+
+
+def test_pretraining_text_states_every_fact_but_never_the_question_format():
+    world = corpus.load_world()
+    documents = corpus.pretraining_documents(world)
+    text = "\n".join(documents)
+    for country in world["countries"][:20]:
+        for attribute in corpus.ATTRIBUTES:
+            assert sum(country[attribute] in d and country["name"] in d for d in documents) >= 6
+    assert "Q:" not in text and "A:" not in text and "?" not in text
+
+
+def test_tokenizer_loads_with_autotokenizer_and_keeps_names_whole():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(COURSE_MODEL_DIR)
+    country = corpus.load_world()["countries"][0]
+    tokens = tokenizer.tokenize(f"The capital of {country['name']} is {country['capital']}.")
+    assert tokens == ["The", "capital", "of", country["name"], "is", country["capital"], "."]
+    question = tokenizer(corpus.QUESTION_TEMPLATES["capital"].format(name=country["name"]))["input_ids"]
+    assert tokenizer.unk_token_id not in question
+
+
+def test_shipped_weights_are_small_and_described():
+    weights = COURSE_MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 20 * 2**20
+    card = (COURSE_MODEL_DIR / "README.md").read_text()
+    log = json.loads((COURSE_MODEL_DIR / "training_log.json").read_text())
+    assert f"{log['final_loss']:.4f}" in card and f"{log['n_parameters']:,}" in card
+    assert "python -m qlora_lessons.course_model.pretrain" in card
+
+
+def test_course_model_loads_offline_in_a_fresh_process():
+    code = ("from qlora_lessons.models import load_model; m, t = load_model(); "
+            "print(type(m).__name__, sum(p.numel() for p in m.parameters()))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "QLORA_LESSONS_MODE": "cpu"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, n = result.stdout.split()
+    log = json.loads((COURSE_MODEL_DIR / "training_log.json").read_text())
+    assert name == "LlamaForCausalLM" and int(n) == log["n_parameters"]
+
+
+def test_course_model_loads_in_nf4_with_double_quantization():
+    import bitsandbytes as bnb
+
+    model, tokenizer = load_model(quantization="nf4", double_quant=True, device="cpu")
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, bnb.nn.Linear4bit)
+    state = layer.weight.quant_state
+    assert state.quant_type == "nf4" and state.nested and state.blocksize == 64
+    assert layer.weight.dtype == torch.uint8 and layer.weight.numel() == 256 * 256 // 2
+    full, _ = load_model(device="cpu")
+    assert count_parameters(model) == count_parameters(full)
+    batch = tokenizer(["The capital of"], return_tensors="pt")
+    with torch.no_grad():
+        logits4, logits = model(**batch).logits.float(), full(**batch).logits
+    assert torch.isfinite(logits4).all()
+    # 4-bit weights change the logits a little, not the model: the same next word is most likely
+    assert logits4[0, -1].argmax() == logits[0, -1].argmax()
+
+
+def test_hub_id_while_offline_says_how_to_use_the_course_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"load_model\('course-model'\).*path"):
+        load_model("some-organisation/some-model-that-is-not-here")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="quantization"):
+        load_model(quantization="int3")
+    with pytest.raises(TypeError, match="model_id"):
+        resolve_model_path("")
+    with pytest.raises(TypeError, match="compute_dtype"):
+        load_model(quantization="nf4", compute_dtype=torch.int8)

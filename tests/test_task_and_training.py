@@ -1,0 +1,104 @@
+"""The task (qlora_lessons.data), scoring (evaluate) and the fine-tuning loop (train), on the course model."""
+
+import pytest
+import torch
+
+from qlora_lessons.data import Example, describe_task, load_task
+from qlora_lessons.evaluate import exact_match, generate_answers, normalize_answer
+from qlora_lessons.models import load_model
+from qlora_lessons.train import collate, encode_examples, finetune, learning_rate_at
+
+
+@pytest.fixture(scope="module")
+def course():
+    return load_model(device="cpu")
+
+
+def test_task_splits_by_country():
+    train, test = load_task("train"), load_task("test")
+    assert (len(train), len(test)) == (840, 360)
+    assert not {e.country for e in train} & {e.country for e in test}
+    assert describe_task()["test countries"] == 90
+    assert train[0].prompt.startswith("Q: ") and train[0].prompt.endswith(" A:")
+    with pytest.raises(ValueError, match="split"):
+        load_task("validation")
+
+
+@pytest.mark.parametrize("text, answer", [(" Tarvesk . Q :", "Tarvesk"), ("Tarvesk", "Tarvesk"),
+                                          ("  two  words.", "two words"), ("line\nnext", "line"), ("", "")])
+def test_normalize_answer(text, answer):
+    assert normalize_answer(text) == answer
+
+
+class _ScriptedModel(torch.nn.Module):
+    """Answers every prompt with a fixed continuation, to test scoring without a trained model."""
+
+    def __init__(self, tokenizer, continuation):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        new = torch.tensor(self.ids[:max_new_tokens]).expand(len(input_ids), -1)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_exact_match_counts_only_exact_answers(course):
+    _, tokenizer = course
+    examples = [Example("Q: What is the capital of X? A:", answer, "X", "capital") for answer in ("Pellic", "Caldic")]
+    assert exact_match(_ScriptedModel(tokenizer, "Pellic . Q"), tokenizer, examples) == 0.5
+    assert exact_match(_ScriptedModel(tokenizer, "Pellic Caldic ."), tokenizer, examples) == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        exact_match(_ScriptedModel(tokenizer, "."), tokenizer, [])
+
+
+def test_batched_generation_equals_one_at_a_time(course):
+    model, tokenizer = course
+    prompts = ["The capital of", "People in", "The currency of Mearnistan is the", "Mearnistan is a country in"]
+    assert generate_answers(model, tokenizer, prompts, batch_size=4) == [
+        generate_answers(model, tokenizer, [p], batch_size=1)[0] for p in prompts]
+
+
+def test_labels_cover_only_the_answer(course):
+    _, tokenizer = course
+    example = load_task("train")[0]
+    ids, labels = encode_examples(tokenizer, [example])[0]
+    answer_tokens = [t for t, label in zip(ids, labels) if label != -100]
+    assert tokenizer.convert_ids_to_tokens(answer_tokens) == [example.answer, ".", tokenizer.eos_token]
+    batch = collate(encode_examples(tokenizer, load_task("train")[:3]), tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert ((batch["attention_mask"] == 0) <= (batch["labels"] == -100)).all()
+
+
+def test_learning_rate_schedule():
+    assert learning_rate_at(0, 100, 1.0, 10, "cosine") == pytest.approx(0.1)
+    assert learning_rate_at(9, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
+    assert learning_rate_at(10, 100, 1.0, 10, "cosine") == pytest.approx(1.0)
+    assert learning_rate_at(55, 100, 1.0, 10, "cosine") == pytest.approx(0.5)
+    assert learning_rate_at(99, 100, 1.0, 10, "constant") == 1.0
+
+
+def test_finetune_is_seeded_learns_and_trains_only_what_requires_grad():
+    examples = load_task("train")[:16]
+    runs = []
+    for _ in range(2):
+        model, tokenizer = load_model(device="cpu")
+        model.model.embed_tokens.weight.requires_grad_(False)
+        frozen = model.model.embed_tokens.weight.clone()
+        result = finetune(model, tokenizer, examples, steps=25, lr=3e-3, batch_size=8, warmup=2, progress=False)
+        assert torch.equal(model.model.embed_tokens.weight, frozen)
+        runs.append(result)
+    assert runs[0].losses == runs[1].losses
+    assert runs[0].final_loss < 0.5 * runs[0].losses[0]
+    assert runs[0].trainable_parameters == sum(p.numel() for p in model.parameters()) - frozen.numel()
+    assert "final loss" in repr(runs[0])
+
+
+def test_finetune_rejects_bad_arguments(course):
+    model, tokenizer = course
+    examples = load_task("train")[:4]
+    for kwargs, name in [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"schedule": "linear"}, "schedule")]:
+        with pytest.raises(ValueError, match=name):
+            finetune(model, tokenizer, examples, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        finetune(model, tokenizer, [], progress=False)
