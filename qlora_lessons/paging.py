@@ -83,6 +83,8 @@ class PagedAdamW(torch.optim.Optimizer):
     (pinned when the parameters are on CUDA, so copies can run asynchronously). A page is a range of
     ``page_bytes // (2 * itemsize)`` consecutive elements; it may cover the end of one parameter and the
     start of the next, or part of one. Per page: copy m and v to a device buffer, update, copy back.
+    With parameters on the CPU the "device" buffer is another CPU tensor: the copies and counts are
+    real, only the host-device link is not.
     ``state[p]["exp_avg"]`` is a view of the host tensor, so ``state_dict()`` reads like AdamW's.
 
     Shapes: host state (n_params,) twice; device page buffer (page elements,) twice.
@@ -130,9 +132,12 @@ class PagedAdamW(torch.optim.Optimizer):
         """Add a group before the first step (the flat host state is laid out at the first step)."""
         if self._host is not None:
             raise RuntimeError("PagedAdamW lays out its host state at the first step; add parameter groups before it")
-        super().add_param_group(param_group)
-        first = self.param_groups[0]["params"][0]
-        for p in self.param_groups[-1]["params"]:
+        params = param_group["params"]
+        params = [params] if torch.is_tensor(params) else list(params)
+        if not params:
+            raise ValueError("a parameter group of PagedAdamW needs at least one parameter")
+        first = self.param_groups[0]["params"][0] if self.param_groups else params[0]
+        for p in params:
             if not p.is_floating_point():
                 raise TypeError(f"PagedAdamW needs floating-point parameters, got dtype {p.dtype}")
             if p.dtype != first.dtype or p.device != first.device:
@@ -142,6 +147,7 @@ class PagedAdamW(torch.optim.Optimizer):
                 )
             if not p.is_contiguous():
                 raise ValueError(f"PagedAdamW needs contiguous parameters, got one of shape {tuple(p.shape)}")
+        super().add_param_group({**param_group, "params": params})
 
     @property
     def page_elements(self) -> int:
@@ -181,7 +187,7 @@ class PagedAdamW(torch.optim.Optimizer):
         self._host = tuple(torch.zeros(offsets[-1], dtype=first.dtype, pin_memory=pin) for _ in range(2))
         page_len = min(self.page_elements, offsets[-1])
         self._page = tuple(torch.empty(page_len, dtype=first.dtype, device=first.device) for _ in range(2))
-        self._segments = [(group, p, offset) for (group, p), offset in zip(params, offsets, strict=False)]
+        self._segments = [(group, p, offset) for (group, p), offset in zip(params, offsets[:-1], strict=True)]
         self._offsets = offsets[:-1]  # sorted start of each parameter in the flat state, for bisect
         for _, p, offset in self._segments:
             m, v = (host[offset : offset + p.numel()].view_as(p) for host in self._host)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from qlora_lessons.paging_state import format_gb
 from qlora_lessons.paging_timeline import CATEGORIES, MemoryTimeline
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | None = None):
+
+def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | None = None) -> Figure:
     """Stacked bars of device bytes per event, one panel per timeline, with each timeline's budget as a line.
 
     Example: ``plot_memory_timeline(plain, paged, titles=["AdamW", "PagedAdamW"])`` -> a Figure of 2 panels.
@@ -19,7 +23,7 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
         raise ValueError("plot_memory_timeline needs one or more MemoryTimeline with events")
     if titles is not None and len(titles) != len(timelines):
         raise ValueError(f"titles must have one entry per timeline ({len(timelines)}), got {len(titles)}")
-    top = max(max(t.peak_bytes, t.budget_bytes or 0) for t in timelines)
+    top = max(max(t.peak_bytes, t.budget_bytes or 0, *(e.measured_peak or 0 for e in t.events)) for t in timelines)
     scale, unit = (1e9, "GB") if top >= 1e9 else (1e6, "MB")
     fig, axes = plt.subplots(1, len(timelines), sharey=True, squeeze=False, figsize=(4.0 * len(timelines), 3.2))
     for k, (ax, timeline) in enumerate(zip(axes[0], timelines, strict=True)):
@@ -29,9 +33,10 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
             heights = [getattr(e, name) / scale for e in timeline.events]
             ax.bar(x, heights, bottom=bottom, label=name.replace("_", " "), width=0.85)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-        measured = [e.measured for e in timeline.events]
-        if all(m is not None for m in measured):
-            ax.plot(x, [m / scale for m in measured], "k.", label="measured (allocator)")
+        for field, marker, label in (("measured", "k.", "allocated (CUDA)"), ("measured_peak", "kv", "peak (CUDA)")):
+            values = [getattr(e, field) for e in timeline.events]
+            if all(v is not None for v in values):
+                ax.plot(x, [v / scale for v in values], marker, markersize=4, label=label)
         if timeline.budget_bytes is not None:
             ax.axhline(timeline.budget_bytes / scale, color="red", linestyle="--", label="device budget")
         ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize=6)

@@ -31,7 +31,8 @@ CATEGORIES = ("weights", "gradients", "optimizer_state", "activations")
 
 @dataclass(frozen=True)
 class MemoryEvent:
-    """Device-resident bytes by category at one event; ``measured`` is the CUDA allocator's count, if any."""
+    """Device-resident bytes by category at one event. On CUDA, ``measured`` is what the allocator holds at
+    the event and ``measured_peak`` the most it held since the previous event (None elsewhere)."""
 
     label: str
     weights: int = 0
@@ -39,6 +40,7 @@ class MemoryEvent:
     optimizer_state: int = 0
     activations: int = 0
     measured: int | None = None
+    measured_peak: int | None = None
 
     @property
     def total(self) -> int:
@@ -48,6 +50,8 @@ class MemoryEvent:
     def __repr__(self) -> str:
         parts = ", ".join(f"{name} {format_gb(getattr(self, name))}" for name in CATEGORIES)
         measured = "" if self.measured is None else f", measured {format_gb(self.measured)}"
+        if self.measured_peak is not None:
+            measured += f", measured peak {format_gb(self.measured_peak)}"
         return f"MemoryEvent({self.label!r}: {format_gb(self.total)} = {parts}{measured})"
 
 
@@ -64,7 +68,9 @@ class MemoryTimeline:
         self.budget_bytes = budget_bytes
         self._events: list[MemoryEvent] = []
 
-    def record(self, label: str, measured: int | None = None, **bytes_by_category: int) -> MemoryEvent:
+    def record(
+        self, label: str, measured: int | None = None, measured_peak: int | None = None, **bytes_by_category: int
+    ) -> MemoryEvent:
         """Add an event: ``record("step 0", weights=..., gradients=..., optimizer_state=..., activations=...)``."""
         if not isinstance(label, str):
             raise TypeError(f"label must be a str, got {type(label).__name__}")
@@ -72,9 +78,10 @@ class MemoryTimeline:
             if name not in CATEGORIES:
                 raise ValueError(f"unknown category {name!r}; the categories are {CATEGORIES}")
             _check_bytes(name, value)
-        if measured is not None:
-            _check_bytes("measured", measured)
-        event = MemoryEvent(label, measured=measured, **bytes_by_category)
+        for name, value in (("measured", measured), ("measured_peak", measured_peak)):
+            if value is not None:
+                _check_bytes(name, value)
+        event = MemoryEvent(label, measured=measured, measured_peak=measured_peak, **bytes_by_category)
         self._events.append(event)
         return event
 
@@ -124,7 +131,9 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
 
 
 def count_weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers, each storage once."""
+    """Bytes of the model's parameters and buffers, each storage once (tied weights count once).
+
+    Example: ``Linear(8, 16)`` in float32 -> (8 * 16 + 16) * 4 = 576 bytes."""
     storages = {_storage_key(t): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
     return sum(storages.values())
 
@@ -151,8 +160,12 @@ def count_optimizer_device_bytes(optimizer: torch.optim.Optimizer) -> int:
 class count_saved_activations:  # noqa: N801 - used like a function: `with count_saved_activations(model) as c:`
     """Count the bytes autograd saves for backward inside the block: ``c.bytes`` after the block.
 
+        activations = sum of nbytes over the distinct storages saved for backward, parameters excluded
     Each saved storage is counted once; the model's parameters and buffers (also saved, by matmuls) are
     weights, not activations, and are left out. Uses ``torch.autograd.graph.saved_tensors_hooks``.
+    Shapes: any model and inputs -> one int (bytes).
+    Example: ``Linear(8, 16) -> ReLU -> Linear(16, 4)`` on x (5, 8), loss ``out.square().sum()``: saved are
+    x, the ReLU output (saved twice, one storage) and the output: (40 + 80 + 20) * 4 = 560 bytes.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -191,6 +204,7 @@ def trace_training_memory(
     Loss: ``model(input_ids=ids, labels=ids).loss`` (a Hugging Face causal LM shifts the labels itself).
     Shapes: each batch (B, T) int64 token ids; T may differ between batches (a long-sequence batch).
     Example: 3 batches -> 9 events, "forward 0 (T=32)", "backward 0 (T=32)", "step 0 (T=32)", ...
+    The model is put in train mode and trained: pass a copy to keep the original.
     """
     from tqdm.auto import tqdm
 
@@ -209,16 +223,22 @@ def trace_training_memory(
     timeline = MemoryTimeline(budget_bytes)
 
     def record(label: str, activations: int = 0) -> None:
-        measured = torch.cuda.memory_allocated(device) if on_cuda else None
+        measured = peak = None
+        if on_cuda:  # what the allocator holds now, and the most it held since the previous event
+            measured, peak = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
         timeline.record(
             label,
             measured=measured,
+            measured_peak=peak,
             weights=count_weight_bytes(model),
             gradients=count_gradient_bytes(model),
             optimizer_state=count_optimizer_device_bytes(optimizer),
             activations=activations,
         )
 
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     model.train()
     for i, ids in enumerate(tqdm(batches, desc="training steps", disable=not progress)):
         ids = ids.to(device)

@@ -200,6 +200,9 @@ def test_bad_parameters_raise():
         PagedAdamW([torch.zeros(3, dtype=torch.long)])
     p = torch.nn.Parameter(torch.zeros(3))
     optimizer = PagedAdamW([p])
+    with pytest.raises(ValueError, match="one device with one dtype"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]})
+    assert len(optimizer.param_groups) == 1  # the bad group was not added
     p.grad = torch.ones(3)
     optimizer.step()
     with pytest.raises(RuntimeError, match="before"):
@@ -337,6 +340,8 @@ def test_paging_lowers_the_peak_by_the_state_minus_one_page():
     events = {e.label: e for e in plain.events}
     assert events["forward 0 (T=16)"].optimizer_state == 0 and events["step 0 (T=16)"].optimizer_state == state
     assert events["backward 0 (T=16)"].gradients == 4 * n_params and events["forward 1 (T=16)"].gradients == 0
+    buffers = sum(b.nbytes for b in plain_model.buffers())  # the rotary embedding's inverse frequencies
+    assert all(e.weights == 4 * n_params + buffers for e in plain.events)
     assert events[long_forward].activations > 4 * events["forward 1 (T=16)"].activations
     assert all(e.measured is None for e in plain.events)  # no allocator to read on CPU
 
@@ -359,3 +364,18 @@ def test_trace_rejects_an_optimizer_of_another_model():
         trace_training_memory(model, torch.optim.AdamW(copy.deepcopy(model).parameters()), [batch(0)], progress=False)
     with pytest.raises(ValueError, match=r"batches\[0\] must be a \(B, T\) int64"):
         trace_training_memory(model, torch.optim.AdamW(model.parameters()), [torch.zeros(3)], progress=False)
+
+
+def test_plot_draws_the_allocator_readings_when_there_are_some():
+    import matplotlib.pyplot as plt
+
+    timeline = MemoryTimeline(budget_bytes=2_000_000)
+    timeline.record("forward 0", measured=1_500_000, measured_peak=1_800_000, weights=1_000_000, activations=400_000)
+    timeline.record("step 0", measured=1_200_000, measured_peak=1_600_000, weights=1_000_000, gradients=100_000)
+    figure = plot_memory_timeline(timeline)
+    markers = {line.get_marker(): list(line.get_ydata()) for line in figure.axes[0].get_lines()}
+    assert markers["."] == [1.5, 1.2] and markers["v"] == [1.8, 1.6]  # in MB
+    assert figure.axes[0].get_ylabel() == "device memory (MB)"
+    plt.close(figure)
+    with pytest.raises(ValueError, match="one or more MemoryTimeline"):
+        plot_memory_timeline(MemoryTimeline())
