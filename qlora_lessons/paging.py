@@ -1,0 +1,267 @@
+"""Paged optimizers: keep the optimizer state in host memory and bring it to the device a page at a time.
+
+AdamW keeps two moments per trainable parameter (exp_avg m and exp_avg_sq v), 8 bytes per parameter in
+float32: twice the weights. A paged optimizer keeps m and v in host (CPU) memory and, during ``step()``,
+does what the course's source article describes: load a batch (a page) of state to the device, update the
+parameters of that page, store the state back in host memory, repeat with the next page. The device then
+holds one page of state instead of all of it, and pays for it in bytes moved over the host-device link.
+
+``PagedAdamW`` does this by hand with explicit copies, so every step can be read and counted. Its updates
+are torch.optim.AdamW's, operation for operation. ``optimizer_state_bytes`` gives the state sizes of the
+common optimizers (32-bit, bitsandbytes 8-bit, paged). The memory timeline lives in ``paging_timeline``
+(figures in ``paging_plots``); this module re-exports both.
+
+Left out: bitsandbytes' mechanism, CUDA unified memory (``cudaMallocManaged``): the driver moves pages on
+demand and bitsandbytes prefetches each state tensor of at least 1e5 elements before its update
+(bitsandbytes ``Optimizer8bit.get_state_buffer`` and ``prefetch_state``). Also left out: AMSGrad, maximize,
+sparse gradients, overlapping the copies of one page with the update of the previous one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from qlora_lessons.paging_plots import plot_memory_timeline
+from qlora_lessons.paging_state import PAGE_BYTES, OptimizerStateBytes, format_gb, optimizer_state_bytes
+from qlora_lessons.paging_timeline import MemoryEvent, MemoryTimeline, count_saved_activations, trace_training_memory
+
+__all__ = [
+    "PAGE_BYTES",
+    "MemoryEvent",
+    "MemoryTimeline",
+    "OptimizerStateBytes",
+    "PagedAdamW",
+    "PagingTraffic",
+    "count_saved_activations",
+    "optimizer_state_bytes",
+    "plot_memory_timeline",
+    "trace_training_memory",
+]
+
+
+@dataclass(frozen=True)
+class PagingTraffic:
+    """What a paged optimizer moved between host and device memory since it was created (or reset)."""
+
+    bytes_to_device: int
+    bytes_to_host: int
+    pages_to_device: int
+    pages_to_host: int
+
+    def __repr__(self) -> str:
+        return (
+            f"PagingTraffic(to device: {format_gb(self.bytes_to_device)} in {self.pages_to_device} pages, "
+            f"to host: {format_gb(self.bytes_to_host)} in {self.pages_to_host} pages)"
+        )
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+class PagedAdamW(torch.optim.Optimizer):
+    """AdamW whose state lives in host memory and visits the device one page at a time during ``step()``.
+
+    The update is torch.optim.AdamW's (Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
+    Algorithm 2), in torch's order of operations, for step t, gradient g and parameter W:
+        W <- W * (1 - lr * weight_decay)
+        m <- lerp(m, g, 1 - beta1)                  (= beta1 * m + (1 - beta1) * g)
+        v <- v * beta2 + (1 - beta2) * g * g
+        W <- W - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    Every line is elementwise, so updating a page of elements at a time gives the same numbers.
+
+    The state of all parameters is laid out as two flat host tensors, m and v, of n_params elements
+    (pinned when the parameters are on CUDA, so copies can run asynchronously). A page is a range of
+    ``page_bytes // (2 * itemsize)`` consecutive elements; it may cover the end of one parameter and the
+    start of the next, or part of one. Per page: copy m and v to a device buffer, update, copy back.
+    With parameters on the CPU the "device" buffer is another CPU tensor: the copies and counts are
+    real, only the host-device link is not.
+    ``state[p]["exp_avg"]`` is a view of the host tensor, so ``state_dict()`` reads like AdamW's.
+
+    Shapes: host state (n_params,) twice; device page buffer (page elements,) twice.
+    Example: 10 float32 parameters, ``page_bytes=32`` -> pages of 4 elements: 3 pages per step, device
+    buffer 32 bytes, host state 80 bytes, 80 bytes moved each way per step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        page_bytes: int = PAGE_BYTES,
+    ) -> None:
+        lr, eps = _check_number("lr", lr), _check_number("eps", eps)
+        weight_decay = _check_number("weight_decay", weight_decay)
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr!r}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not isinstance(betas, Sequence) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for index, beta in enumerate(betas):
+            if not 0.0 <= _check_number(f"betas[{index}]", beta) < 1.0:
+                raise ValueError(f"betas[{index}] must be in [0, 1), got {beta!r}")
+        if isinstance(page_bytes, bool) or not isinstance(page_bytes, int):
+            raise TypeError(f"page_bytes must be an int, got {type(page_bytes).__name__} {page_bytes!r}")
+        if page_bytes <= 0:
+            raise ValueError(f"page_bytes must be > 0, got {page_bytes!r}")
+        self.page_bytes = page_bytes
+        self._host: tuple[torch.Tensor, torch.Tensor] | None = None  # flat m and v in host memory
+        self._page: tuple[torch.Tensor, torch.Tensor] | None = None  # one page of m and v on the device
+        self._segments: list[tuple[dict, torch.Tensor, int]] = []  # (group, parameter, offset in flat state)
+        self._offsets: list[int] = []
+        self.reset_traffic()
+        defaults = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        self.page_elements  # noqa: B018 - raises now if a page cannot hold one element
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group before the first step (the flat host state is laid out at the first step)."""
+        if self._host is not None:
+            raise RuntimeError("PagedAdamW lays out its host state at the first step; add parameter groups before it")
+        params = param_group["params"]
+        params = [params] if torch.is_tensor(params) else list(params)
+        if not params:
+            raise ValueError("a parameter group of PagedAdamW needs at least one parameter")
+        first = self.param_groups[0]["params"][0] if self.param_groups else params[0]
+        for p in params:
+            if not p.is_floating_point():
+                raise TypeError(f"PagedAdamW needs floating-point parameters, got dtype {p.dtype}")
+            if p.dtype != first.dtype or p.device != first.device:
+                raise ValueError(
+                    f"PagedAdamW needs all parameters on one device with one dtype, got {p.dtype} on {p.device} "
+                    f"and {first.dtype} on {first.device}"
+                )
+            if not p.is_contiguous():
+                raise ValueError(f"PagedAdamW needs contiguous parameters, got one of shape {tuple(p.shape)}")
+        super().add_param_group({**param_group, "params": params})
+
+    @property
+    def page_elements(self) -> int:
+        """Elements of each parameter state per page: page_bytes // (2 moments * bytes per element)."""
+        itemsize = self.param_groups[0]["params"][0].element_size()
+        elements = self.page_bytes // (2 * itemsize)
+        if elements == 0:
+            raise ValueError(f"page_bytes={self.page_bytes} holds no element: it must be >= {2 * itemsize}")
+        return elements
+
+    @property
+    def device_state_bytes(self) -> int:
+        """Bytes of optimizer state resident on the device: one page buffer (0 before the first step)."""
+        return 0 if self._page is None else sum(t.nbytes for t in self._page)
+
+    @property
+    def host_state_bytes(self) -> int:
+        """Bytes of optimizer state in host memory: m and v for every parameter (0 before the first step)."""
+        return 0 if self._host is None else sum(t.nbytes for t in self._host)
+
+    @property
+    def traffic(self) -> PagingTraffic:
+        """Bytes and pages moved each way since creation or the last ``reset_traffic()``."""
+        return self._traffic
+
+    def reset_traffic(self) -> None:
+        """Set the traffic counters to zero."""
+        self._traffic = PagingTraffic(0, 0, 0, 0)
+
+    def _lay_out_host_state(self) -> None:
+        params = [(group, p) for group in self.param_groups for p in group["params"]]
+        first = params[0][1]
+        offsets = [0]
+        for _, p in params:
+            offsets.append(offsets[-1] + p.numel())
+        pin = first.device.type == "cuda"
+        self._host = tuple(torch.zeros(offsets[-1], dtype=first.dtype, pin_memory=pin) for _ in range(2))
+        page_len = min(self.page_elements, offsets[-1])
+        self._page = tuple(torch.empty(page_len, dtype=first.dtype, device=first.device) for _ in range(2))
+        self._segments = [(group, p, offset) for (group, p), offset in zip(params, offsets[:-1], strict=True)]
+        self._offsets = offsets[:-1]  # sorted start of each parameter in the flat state, for bisect
+        for _, p, offset in self._segments:
+            m, v = (host[offset : offset + p.numel()].view_as(p) for host in self._host)
+            self.state[p] = {"step": torch.tensor(0.0), "exp_avg": m, "exp_avg_sq": v}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdamW update of every parameter that has a gradient, page by page."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._host is None:
+            self._lay_out_host_state()
+        for _, p, _ in self._segments:
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise RuntimeError("PagedAdamW does not support sparse gradients")
+                self.state[p]["step"] += 1
+        total, per_page = self._host[0].numel(), self.page_elements
+        for start in range(0, total, per_page):
+            stop = min(start + per_page, total)
+            # The parameters this page covers: from the one holding element `start` to the one holding `stop - 1`.
+            first = bisect.bisect_right(self._offsets, start) - 1
+            last = bisect.bisect_right(self._offsets, stop - 1) - 1
+            pieces = [s for s in self._segments[first : last + 1] if s[1].grad is not None]
+            if pieces:
+                self._update_page(start, stop, pieces)
+        return loss
+
+    def _update_page(self, start: int, stop: int, pieces: list[tuple[dict, torch.Tensor, int]]) -> None:
+        """Load elements [start, stop) of m and v to the device, update the parameters there, store them back."""
+        m_page, v_page = (buffer[: stop - start] for buffer in self._page)
+        m_page.copy_(self._host[0][start:stop], non_blocking=True)  # 1. load the page to the device
+        v_page.copy_(self._host[1][start:stop], non_blocking=True)
+        for group, p, offset in pieces:  # 2. update the parameters (or parts of them) the page covers
+            lo, hi = max(start, offset), min(stop, offset + p.numel())  # flat indices of this piece
+            self._update(
+                group,
+                p.view(-1)[lo - offset : hi - offset],
+                p.grad.reshape(-1)[lo - offset : hi - offset],
+                m_page[lo - start : hi - start],
+                v_page[lo - start : hi - start],
+                self.state[p]["step"].item(),
+            )
+        self._host[0][start:stop].copy_(m_page)  # 3. store the page back in host memory (waits for the copy)
+        self._host[1][start:stop].copy_(v_page)
+        moved = m_page.nbytes + v_page.nbytes
+        self._traffic = PagingTraffic(
+            self._traffic.bytes_to_device + moved,
+            self._traffic.bytes_to_host + moved,
+            self._traffic.pages_to_device + 1,
+            self._traffic.pages_to_host + 1,
+        )
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict (this optimizer's or torch.optim.AdamW's) into the host layout."""
+        super().load_state_dict(state_dict)
+        loaded = {p: dict(s) for p, s in self.state.items()}
+        self._lay_out_host_state()
+        for p, s in loaded.items():
+            self.state[p]["step"] = torch.as_tensor(s["step"], dtype=torch.float32).clone()
+            self.state[p]["exp_avg"].copy_(s["exp_avg"])
+            self.state[p]["exp_avg_sq"].copy_(s["exp_avg_sq"])
+
+    @staticmethod
+    def _update(group: dict, param, grad, exp_avg, exp_avg_sq, step: float) -> None:
+        """torch.optim.adam._single_tensor_adam with decoupled weight decay, line for line."""
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
