@@ -14,7 +14,7 @@ from qlora_lessons.paging import (
     count_saved_activations,
     optimizer_state_bytes,
     plot_memory_timeline,
-    trace_training_memory,
+    record_memory_timeline,
 )
 
 __version__ = "0.1.0"
@@ -30,7 +30,7 @@ __all__ = [
     "count_saved_activations",
     "optimizer_state_bytes",
     "plot_memory_timeline",
-    "trace_training_memory",
+    "record_memory_timeline",
     "course_mode",
     "describe_environment",
     "device",

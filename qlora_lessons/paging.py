@@ -28,7 +28,7 @@ import torch
 
 from qlora_lessons.paging_plots import plot_memory_timeline
 from qlora_lessons.paging_state import PAGE_BYTES, OptimizerStateBytes, format_gb, optimizer_state_bytes
-from qlora_lessons.paging_timeline import MemoryEvent, MemoryTimeline, count_saved_activations, trace_training_memory
+from qlora_lessons.paging_timeline import MemoryEvent, MemoryTimeline, count_saved_activations, record_memory_timeline
 
 __all__ = [
     "PAGE_BYTES",
@@ -40,7 +40,7 @@ __all__ = [
     "count_saved_activations",
     "optimizer_state_bytes",
     "plot_memory_timeline",
-    "trace_training_memory",
+    "record_memory_timeline",
 ]
 
 

@@ -191,7 +191,7 @@ class count_saved_activations:  # noqa: N801 - used like a function: `with count
         self._hooks.__exit__(*exc)
 
 
-def trace_training_memory(
+def record_memory_timeline(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Sequence[torch.Tensor],

@@ -17,7 +17,7 @@ from qlora_lessons.paging import (
     count_saved_activations,
     optimizer_state_bytes,
     plot_memory_timeline,
-    trace_training_memory,
+    record_memory_timeline,
 )
 from qlora_lessons.paging_state import format_gb
 
@@ -327,9 +327,9 @@ def test_paging_lowers_the_peak_by_the_state_minus_one_page():
     batches = [batch(0), batch(1), batch(2, length=128), batch(3)]  # one long-sequence batch
     plain_model, paged_model = tiny_llama(), tiny_llama()
     n_params = sum(p.numel() for p in plain_model.parameters())
-    plain = trace_training_memory(plain_model, torch.optim.AdamW(plain_model.parameters()), batches, progress=False)
+    plain = record_memory_timeline(plain_model, torch.optim.AdamW(plain_model.parameters()), batches, progress=False)
     optimizer = PagedAdamW(paged_model.parameters(), page_bytes=page_bytes)
-    paged = trace_training_memory(paged_model, optimizer, batches, progress=False)
+    paged = record_memory_timeline(paged_model, optimizer, batches, progress=False)
 
     long_forward = "forward 2 (T=128)"
     assert plain.peak.label == paged.peak.label == long_forward
@@ -361,9 +361,9 @@ def test_paging_lowers_the_peak_by_the_state_minus_one_page():
 def test_trace_rejects_an_optimizer_of_another_model():
     model = tiny_llama()
     with pytest.raises(ValueError, match="parameters of this model"):
-        trace_training_memory(model, torch.optim.AdamW(copy.deepcopy(model).parameters()), [batch(0)], progress=False)
+        record_memory_timeline(model, torch.optim.AdamW(copy.deepcopy(model).parameters()), [batch(0)], progress=False)
     with pytest.raises(ValueError, match=r"batches\[0\] must be a \(B, T\) int64"):
-        trace_training_memory(model, torch.optim.AdamW(model.parameters()), [torch.zeros(3)], progress=False)
+        record_memory_timeline(model, torch.optim.AdamW(model.parameters()), [torch.zeros(3)], progress=False)
 
 
 def test_plot_draws_the_allocator_readings_when_there_are_some():
