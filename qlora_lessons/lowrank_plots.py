@@ -39,12 +39,12 @@ def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None
     if not isinstance(max_rank, int) or isinstance(max_rank, bool) or not 1 <= max_rank <= k:
         raise ValueError(f"max_rank must be an int between 1 and min(m, n) = {k}, got {max_rank!r}")
     reference = random_matrix_like(W32, seed=seed)
-    ranks = torch.arange(1, max_rank + 1)
+    ranks = range(1, max_rank + 1)
     fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
     for matrix, name, style in ((W32, label, "-"), (reference, "random, same shape and norm", "--")):
         S = torch.linalg.svdvals(matrix)[:max_rank]
-        ax_s.plot(ranks, S, style, label=name)
-        ax_e.plot(ranks, singular_value_energy(matrix)[:max_rank], style, label=name)
+        ax_s.plot(ranks, S.numpy(), style, label=name)
+        ax_e.plot(ranks, singular_value_energy(matrix)[:max_rank].numpy(), style, label=name)
     ax_s.set(yscale="log", xlabel="index i", ylabel="singular value S[i]", title="spectrum")
     ax_e.set(xlabel="rank r", ylabel="energy captured", ylim=(0, 1.02), title="energy of the best rank-r")
     ax_e.axhline(0.9, color="grey", linewidth=0.5)
@@ -90,7 +90,7 @@ def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W"):
         caption.value = repr(summary)
         fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), layout="constrained")
         for ax, matrix, name in ((axes[0], W32, title), (axes[1], W_r, f"best rank-{r} approximation")):
-            ax.imshow(matrix, cmap="gray" if vmin >= 0 else "RdBu_r", vmin=vmin, vmax=vmax)
+            ax.imshow(matrix.numpy(), cmap="gray" if vmin >= 0 else "RdBu_r", vmin=vmin, vmax=vmax)
             ax.set(title=name, xticks=[], yticks=[])
         plt.close(fig)
         pictures.clear_output(wait=True)
