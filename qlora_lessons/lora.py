@@ -40,13 +40,20 @@ def _check_model(model: nn.Module) -> None:
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Every ``LoRALinear`` in the model, by full name (``"model.layers.0.self_attn.q_proj"``)."""
+    """Every ``LoRALinear`` in the model, by full name.
+
+    Example: after ``add_lora(model, ["q_proj"])`` on a 2-layer Llama ->
+    ``{"model.layers.0.self_attn.q_proj": LoRALinear(...), "model.layers.1.self_attn.q_proj": ...}``.
+    """
     _check_model(model)
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Full names of the layers ``add_lora`` can target: ``nn.Linear`` and ``LoRALinear`` (not their inner base)."""
+    """Full names of the layers ``add_lora`` can target: ``nn.Linear`` and ``LoRALinear`` (not their inner base).
+
+    Example: a 2-layer Llama -> 15 names, ``"model.layers.0.self_attn.q_proj"`` ... ``"lm_head"``.
+    """
     _check_model(model)
     wrapped = lora_layers(model)
     return [name for name, module in model.named_modules()
@@ -54,7 +61,10 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 
 def adapter_names(model: nn.Module) -> list[str]:
-    """The names of the adapters in the model, in the order they were added."""
+    """The names of the adapters in the model, in the order they were added.
+
+    Example: ``add_lora(model, adapter_name="qa")``, ``add_lora(model, adapter_name="style")`` -> ``["qa", "style"]``.
+    """
     return list(dict.fromkeys(name for layer in lora_layers(model).values() for name in layer.adapters))
 
 
@@ -128,7 +138,11 @@ def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", 
 
 
 def set_adapter(model: nn.Module, name: str | None) -> None:
-    """Make adapter ``name`` active and the only trainable one; ``None`` runs the frozen base alone."""
+    """Make adapter ``name`` active and the only trainable one; ``None`` runs the frozen base alone.
+
+    Equation: h = W0 x + (alpha_name / r_name) B_name A_name x in every layer that has adapter ``name``,
+    h = W0 x in the others (as peft's ``set_adapter``). Example: ``set_adapter(model, "qa")``.
+    """
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers; call add_lora(model, ...) first")
@@ -144,8 +158,13 @@ def set_adapter(model: nn.Module, name: str | None) -> None:
 
 @contextmanager
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the ``with`` block the model runs its frozen base alone (as peft's ``disable_adapter``)."""
+    """Within the ``with`` block the model runs its frozen base alone (as peft's ``disable_adapter``).
+
+    Example: ``with disable_adapter(model): base_logits = model(ids).logits``; the active adapter comes back after.
+    """
     layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call add_lora(model, ...) first")
     if any(layer.merged_adapter is not None for layer in layers.values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
     previous = {name: layer.active_adapter for name, layer in layers.items()}
@@ -159,7 +178,11 @@ def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge each layer's active adapter into its W0 (W0 += (alpha / r) B A); ``unmerge_lora`` undoes it."""
+    """Merge each layer's active adapter into its W0, in place; ``unmerge_lora`` undoes it.
+
+    Equation: W0 <- W0 + (alpha / r) B A, so h = W0 x: the same outputs with no extra matmuls.
+    Shapes: B A is (out, in), like W0. Example: ``merge_lora(model)``, generate, ``unmerge_lora(model)``.
+    """
     for layer in lora_layers(model).values():
         if layer.active_adapter is not None:
             layer.merge()
@@ -167,7 +190,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Subtract every merged adapter from its W0 again."""
+    """Subtract every merged adapter from its W0 again: W0 <- W0 - (alpha / r) B A (exact up to float rounding)."""
     for layer in lora_layers(model).values():
         if layer.merged_adapter is not None:
             layer.unmerge()
@@ -175,7 +198,10 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Replace every ``LoRALinear`` by a plain ``nn.Linear`` holding W0 + dW of its active adapter, in place."""
+    """Replace every ``LoRALinear`` by a plain ``nn.Linear`` holding W0 + (alpha / r) B A, in place (as peft's).
+
+    Example: ``merge_and_unload(model)`` -> the model with no ``LoRALinear`` left, for deployment.
+    """
     for name, layer in lora_layers(model).items():
         merged = layer.merged_linear() if layer.active_adapter is not None else layer.base_layer
         parent, _, child = name.rpartition(".")
@@ -209,7 +235,7 @@ def count_trainable(model: nn.Module) -> TrainableCount:
 
     Equation: fraction = trainable / total; with LoRA, trainable = sum over adapted layers of r (in + out).
     Shapes: a model in, a TrainableCount out.
-    Example: a 2-layer Llama, hidden 64, vocab 100, after ``add_lora(model, r=4)`` on q_proj, v_proj ->
+    Example: a 2-layer Llama (hidden 64, MLP 128, vocab 100) after ``add_lora(model, r=4)`` on q_proj, v_proj ->
     ``trainable 2,048 of 97,088 parameters (2.11%), 8.19 kB``.
     """
     _check_model(model)

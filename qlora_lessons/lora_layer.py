@@ -84,6 +84,7 @@ class LoRALinear(nn.Module):
         self.merged_adapter: str | None = None  # the adapter whose dW is currently added into W0
         self.add_adapter(adapter_name, r, alpha, dropout)
         self.set_adapter(adapter_name)
+        self.train(base.training)  # a layer put into a model in eval mode must not start dropping out
 
     @property
     def in_features(self) -> int:

@@ -34,8 +34,8 @@ _PLAIN_LORA = {"bias": "none", "use_rslora": False, "use_dora": False, "fan_in_f
 def _target_modules(model: nn.Module, adapted: list[str]) -> list[str]:
     """Leaf names (``q_proj``) if they pick exactly the adapted layers under peft's matching, else full names."""
     wrapped = lora_layers(model)
-    names = [name for name, _ in model.named_modules() if name and name.rpartition(".")[0] not in wrapped
-             and not any(name.startswith(prefix + ".") for prefix in wrapped)]  # module names of the plain base
+    names = [name for name, _ in model.named_modules()  # module names of the base without the LoRA insides
+             if name and not any(name.startswith(prefix + ".") for prefix in wrapped)]
     leaves = sorted({name.rpartition(".")[2] for name in adapted})
     picked = [name for name in names if any(name == leaf or name.endswith("." + leaf) for leaf in leaves)]
     return leaves if sorted(picked) == sorted(adapted) else sorted(adapted)

@@ -241,6 +241,16 @@ def test_model_merge_unmerge_and_unload():
     assert (plain(ids).logits - expected).abs().max() <= 1e-5
 
 
+def test_layers_added_to_an_eval_model_do_not_drop_out():
+    model = add_lora(tiny_llama(), r=4, alpha=8, dropout=0.5)
+    randomize_lora(model)
+    assert not any(module.training for module in model.modules())
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout on A's input in training mode
+
+
 def test_linear_layer_names_skip_the_base_inside_a_lora_layer():
     model = add_lora(tiny_llama(), ["q_proj"], r=2, alpha=2)
     names = linear_layer_names(model)
@@ -293,6 +303,8 @@ def test_bad_layer_and_adapter_use_raise_clear_errors():
         set_adapter(model, "other")
     with pytest.raises(ValueError, match="no LoRA layers; call add_lora"):
         set_adapter(tiny_llama(), "default")
+    with pytest.raises(ValueError, match="no LoRA layers; call add_lora"), disable_adapter(tiny_llama()):
+        pass
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         count_trainable("model")
     with pytest.raises(ValueError, match="has no parameters"):
