@@ -31,7 +31,7 @@ from qlora_lessons.lowrank import (
     singular_value_energy,
     summarize_low_rank,
 )
-from qlora_lessons.lowrank_plots import plot_spectrum, rank_slider, sample_image
+from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ __all__ = [
     "low_rank_factors",
     "merge_and_unload",
     "merge_lora",
+    "plot_low_rank",
     "plot_spectrum",
     "random_matrix_like",
     "rank_slider",

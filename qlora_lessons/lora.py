@@ -84,6 +84,8 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
     candidates = linear_layer_names(model)
     if target_modules == ALL_LINEAR:
         head = _output_head(model)
+        if not [name for name in candidates if name != head]:
+            raise ValueError(f"{type(model).__name__} has no linear layer besides its output head to adapt")
         return [name for name in candidates if name != head]
     targets = (target_modules,) if isinstance(target_modules, str) else target_modules
     if not isinstance(targets, (list, tuple, set)) or not targets or not all(isinstance(t, str) for t in targets):

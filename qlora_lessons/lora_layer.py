@@ -44,7 +44,8 @@ class LoRAAdapter(nn.Module):
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device))  # (out, r): dW = 0 at the start
-        # A as nn.Linear's default initialization, like peft and Microsoft's loralib: kaiming_uniform with a = sqrt(5).
+        # The paper (section 4.1) says "random Gaussian" for A; its code (loralib, layers.py) and peft use nn.Linear's
+        # default instead, kaiming_uniform with a = sqrt(5): uniform in [-1/sqrt(in), 1/sqrt(in)]. We follow the code.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.to(dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # peft: Identity when p = 0

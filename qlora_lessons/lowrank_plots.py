@@ -3,6 +3,7 @@
 - ``plot_spectrum(W)``: the singular values of W and of a random matrix of the same shape and
   Frobenius norm, and the energy each captures at every rank. A low-rank matrix puts its energy in
   the first few singular values; the random one spreads it out.
+- ``plot_low_rank(W, ranks)``: W next to its best rank-r approximations, with their errors.
 - ``rank_slider(W)``: an ipywidgets slider over r that shows W next to its best rank-r
   approximation, with the relative error and the parameter count.
 - ``sample_image(size)``: a grayscale photograph (matplotlib's bundled sample of Grace Hopper) as a
@@ -53,6 +54,49 @@ def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None
     return fig
 
 
+def _picture_row(panels: list[tuple[torch.Tensor, str]], W32: torch.Tensor):
+    """One row of matrices drawn as images on W's colour scale (gray if W >= 0, else red-blue around 0)."""
+    import matplotlib.pyplot as plt
+
+    signed = float(W32.min()) < 0
+    vmax = float(W32.abs().max())
+    vmin = -vmax if signed else float(W32.min())
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 0.5, 2.7), layout="constrained",
+                             squeeze=False)
+    for ax, (matrix, name) in zip(axes[0], panels, strict=True):
+        ax.imshow(matrix.numpy(), cmap="RdBu_r" if signed else "gray", vmin=vmin, vmax=vmax)
+        ax.set(title=name, xticks=[], yticks=[])
+    plt.close(fig)
+    return fig
+
+
+def _check_ranks(ranks: tuple, k: int, name: str) -> None:
+    if not ranks:
+        raise ValueError(f"{name} must not be empty")
+    for r in ranks:
+        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= k:
+            raise ValueError(f"{name} must be an int between 1 and min(m, n) = {k}, got {r!r}")
+
+
+def plot_low_rank(W: torch.Tensor, ranks: tuple[int, ...] = (1, 4, 16), title: str = "W"):
+    """Draw W next to its best rank-r approximations, each titled with its relative error.
+
+    Equation: W_r = U[:, :r] diag(S[:r]) V^T[:r, :]; error = ||W - W_r||_F / ||W||_F.
+    Shapes: W (m, n); every r in ``ranks`` between 1 and min(m, n).
+    Example: ``plot_low_rank(sample_image(128), ranks=(1, 8, 32), title="photo")`` -> a figure with 4 panels.
+    Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value): the static
+    picture for readers whose viewer does not run widgets (GitHub, nbviewer).
+    """
+    W32 = _check_matrix(W)
+    _check_ranks(tuple(ranks), min(W32.shape), "ranks")
+    U, S, Vh = torch.linalg.svd(W32, full_matrices=False)  # once for all ranks
+    panels = [(W32, title)]
+    for r in ranks:
+        W_r = (U[:, :r] * S[:r]) @ Vh[:r]  # (m, r) @ (r, n) -> (m, n)
+        panels.append((W_r, f"rank {r}: error {float((W32 - W_r).norm() / W32.norm()):.2f}"))
+    return _picture_row(panels, W32)
+
+
 def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W"):
     """An interactive slider over r showing W and its best rank-r approximation side by side.
 
@@ -63,19 +107,14 @@ def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W"):
     Returns an ipywidgets VBox: ``.children`` are the slider, the caption (HTML) and the pictures.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
     from IPython.display import display
 
     W32 = _check_matrix(W)
     m, n = W32.shape
-    k = min(m, n)
-    max_rank = k if max_rank is None else max_rank
-    if not isinstance(max_rank, int) or isinstance(max_rank, bool) or not 1 <= max_rank <= k:
-        raise ValueError(f"max_rank must be an int between 1 and min(m, n) = {k}, got {max_rank!r}")
+    max_rank = min(m, n) if max_rank is None else max_rank
+    _check_ranks((max_rank,), min(m, n), "max_rank")
     U, S, Vh = torch.linalg.svd(W32, full_matrices=False)  # once; each rank is then a cheap product
     energy = torch.cumsum(S**2, 0) / (S**2).sum()
-    norm = W32.norm()
-    vmin, vmax = float(W32.min()), float(W32.max())
 
     slider = widgets.IntSlider(value=min(8, max_rank), min=1, max=max_rank, description="rank r",
                                continuous_update=False)
@@ -84,18 +123,13 @@ def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W"):
 
     def show(r: int) -> None:
         W_r = (U[:, :r] * S[:r]) @ Vh[:r]  # (m, r) @ (r, n) -> (m, n)
-        summary = LowRankSummary(shape=(m, n), r=r, relative_error=float((W32 - W_r).norm() / norm),
+        summary = LowRankSummary(shape=(m, n), r=r, relative_error=float((W32 - W_r).norm() / W32.norm()),
                                  energy=float(energy[r - 1]), params=count_low_rank_params(m, n, r),
                                  full_params=m * n)
         caption.value = repr(summary)
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), layout="constrained")
-        for ax, matrix, name in ((axes[0], W32, title), (axes[1], W_r, f"best rank-{r} approximation")):
-            ax.imshow(matrix.numpy(), cmap="gray" if vmin >= 0 else "RdBu_r", vmin=vmin, vmax=vmax)
-            ax.set(title=name, xticks=[], yticks=[])
-        plt.close(fig)
         pictures.clear_output(wait=True)
         with pictures:
-            display(fig)
+            display(_picture_row([(W32, title), (W_r, f"best rank-{r} approximation")], W32))
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)

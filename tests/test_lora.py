@@ -305,6 +305,8 @@ def test_bad_layer_and_adapter_use_raise_clear_errors():
         set_adapter(tiny_llama(), "default")
     with pytest.raises(ValueError, match="no LoRA layers; call add_lora"), disable_adapter(tiny_llama()):
         pass
+    with pytest.raises(ValueError, match="Embedding has no linear layer besides its output head"):
+        add_lora(nn.Embedding(10, 4), "all-linear")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         count_trainable("model")
     with pytest.raises(ValueError, match="has no parameters"):

@@ -19,7 +19,7 @@ from qlora_lessons.lowrank import (  # noqa: E402
     singular_value_energy,
     summarize_low_rank,
 )
-from qlora_lessons.lowrank_plots import plot_spectrum, rank_slider, sample_image  # noqa: E402
+from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image  # noqa: E402
 
 
 @st.composite
@@ -153,6 +153,8 @@ def test_summary_agrees_with_the_functions():
         (lambda: count_low_rank_params(10, 5, 6), ValueError, r"min\(m, n\) = 5.*r=6"),
         (lambda: plot_spectrum(torch.eye(3), max_rank=4), ValueError, "max_rank.*got 4"),
         (lambda: rank_slider(torch.eye(3), max_rank=0), ValueError, "max_rank.*got 0"),
+        (lambda: plot_low_rank(torch.eye(3), ranks=(1, 5)), ValueError, r"ranks must be an int .* = 3, got 5"),
+        (lambda: plot_low_rank(torch.eye(3), ranks=()), ValueError, "ranks must not be empty"),
         (lambda: sample_image(4), ValueError, "size must be an int between 8 and 512 .*got 4"),
     ],
 )
@@ -170,6 +172,18 @@ def test_spectrum_plot_draws_w_and_its_random_twin():
     assert spectrum.get_yscale() == "log"
     assert np.allclose(energy.lines[0].get_ydata(), singular_value_energy(dW)[:20].numpy())
     assert energy.lines[0].get_ydata()[2] > 0.999 > energy.lines[1].get_ydata()[2]  # rank 3 vs random
+
+
+def test_low_rank_row_titles_carry_the_errors():
+    W = sample_image(32)
+    fig = plot_low_rank(W, ranks=(1, 8), title="photo")
+    titles = [ax.get_title() for ax in fig.axes]
+    errors = [summarize_low_rank(W, r).relative_error for r in (1, 8)]
+    assert titles == ["photo", f"rank 1: error {errors[0]:.2f}", f"rank 8: error {errors[1]:.2f}"]
+    assert errors[1] < errors[0]
+    signed = plot_low_rank(torch.randn(8, 8), ranks=(2,))
+    low, high = signed.axes[0].images[0].get_clim()
+    assert low == -high  # signed matrices are drawn red-blue around zero
 
 
 def test_rank_slider_caption_follows_the_slider():
