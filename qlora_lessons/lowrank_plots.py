@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from qlora_lessons.lowrank import (
@@ -22,8 +24,12 @@ from qlora_lessons.lowrank import (
     singular_value_energy,
 )
 
+if TYPE_CHECKING:  # matplotlib and ipywidgets are imported when a picture is drawn, not when the course is imported
+    import ipywidgets
+    from matplotlib.figure import Figure
 
-def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None, seed: int = 0):
+
+def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None, seed: int = 0) -> Figure:
     """Plot the singular values of W and the energy captured per rank, against a random matrix like W.
 
     Equation: energy(r) = (S[0]^2 + ... + S[r-1]^2) / ||W||_F^2; the reference is
@@ -54,7 +60,7 @@ def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None
     return fig
 
 
-def _picture_row(panels: list[tuple[torch.Tensor, str]], W32: torch.Tensor):
+def _picture_row(panels: list[tuple[torch.Tensor, str]], W32: torch.Tensor) -> Figure:
     """One row of matrices drawn as images on W's colour scale (gray if W >= 0, else red-blue around 0)."""
     import matplotlib.pyplot as plt
 
@@ -78,7 +84,7 @@ def _check_ranks(ranks: tuple, k: int, name: str) -> None:
             raise ValueError(f"{name} must be an int between 1 and min(m, n) = {k}, got {r!r}")
 
 
-def plot_low_rank(W: torch.Tensor, ranks: tuple[int, ...] = (1, 4, 16), title: str = "W"):
+def plot_low_rank(W: torch.Tensor, ranks: tuple[int, ...] = (1, 4, 16), title: str = "W") -> Figure:
     """Draw W next to its best rank-r approximations, each titled with its relative error.
 
     Equation: W_r = U[:, :r] diag(S[:r]) V^T[:r, :]; error = ||W - W_r||_F / ||W||_F.
@@ -97,7 +103,7 @@ def plot_low_rank(W: torch.Tensor, ranks: tuple[int, ...] = (1, 4, 16), title: s
     return _picture_row(panels, W32)
 
 
-def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W"):
+def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W") -> ipywidgets.VBox:
     """An interactive slider over r showing W and its best rank-r approximation side by side.
 
     Equation: W_r = U[:, :r] diag(S[:r]) V^T[:r, :], with the SVD computed once; the caption is
