@@ -5,6 +5,33 @@ One module per concept, in lesson order; each is importable on its own. This fil
 
 from qlora_lessons.course import LESSONS, Lesson
 from qlora_lessons.env import course_mode, describe_environment, device, seed_everything, setup_lesson
+from qlora_lessons.lora import (
+    ALL_LINEAR,
+    LoRALinear,
+    TrainableCount,
+    adapter_names,
+    add_lora,
+    count_trainable,
+    disable_adapter,
+    linear_layer_names,
+    lora_layers,
+    merge_and_unload,
+    merge_lora,
+    set_adapter,
+    unmerge_lora,
+)
+from qlora_lessons.lora_peft import load_peft_adapter, save_as_peft
+from qlora_lessons.lowrank import (
+    LowRankSummary,
+    count_low_rank_params,
+    effective_rank,
+    low_rank_approx,
+    low_rank_factors,
+    random_matrix_like,
+    singular_value_energy,
+    summarize_low_rank,
+)
+from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
 from qlora_lessons.paging import (
     MemoryEvent,
     MemoryTimeline,
@@ -20,20 +47,17 @@ from qlora_lessons.paging import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "LESSONS",
-    "Lesson",
-    "MemoryEvent",
-    "MemoryTimeline",
-    "OptimizerStateBytes",
-    "PagedAdamW",
-    "PagingTraffic",
-    "count_saved_activations",
-    "optimizer_state_bytes",
-    "plot_memory_timeline",
-    "record_memory_timeline",
-    "course_mode",
-    "describe_environment",
-    "device",
-    "seed_everything",
-    "setup_lesson",
+    # course and environment (lesson 00)
+    "LESSONS", "Lesson", "course_mode", "describe_environment", "device", "seed_everything", "setup_lesson",
+    # low rank (lesson 03)
+    "LowRankSummary", "count_low_rank_params", "effective_rank", "low_rank_approx", "low_rank_factors",
+    "random_matrix_like", "singular_value_energy", "summarize_low_rank", "plot_low_rank", "plot_spectrum",
+    "rank_slider", "sample_image",
+    # LoRA (lesson 04)
+    "ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_trainable", "disable_adapter",
+    "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora", "set_adapter", "unmerge_lora",
+    "load_peft_adapter", "save_as_peft",
+    # paged optimizers (lesson 07)
+    "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
+    "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
 ]

@@ -1,0 +1,95 @@
+"""Exercises for 03_low_rank_svd: parameter counts, the ">99% fewer" claim, Eckart-Young, energy.
+
+Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
+``show_solution(solution_<name>)`` prints a worked solution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from qlora_lessons.exercises import report
+from qlora_lessons.lowrank import low_rank_approx, singular_value_energy
+
+
+def agrees(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str, atol: float = 1e-4) -> bool:
+    """Call ``fn`` and ``reference`` on each case; report whether the results have equal shapes and values."""
+    if not callable(fn):
+        return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
+    for case in cases:
+        expected = torch.as_tensor(reference(*case))
+        try:
+            got = torch.as_tensor(fn(*case))
+        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
+            return report(name, False, f"your function raised {type(error).__name__}: {error}")
+        if got.shape != expected.shape:
+            return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
+        if not torch.allclose(got.to(expected.dtype), expected, rtol=1e-4, atol=atol):
+            return report(name, False, hint)
+    return report(name, True)
+
+
+def _random_matrices() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    return [torch.randn(m, n, generator=generator) for m, n in ((6, 4), (5, 9), (12, 12))]
+
+
+def check_low_rank_params(answer: int) -> bool:
+    """How many numbers do B (1000 x 8) and A (8 x 1000) hold together, instead of W (1000 x 1000)?"""
+    return report("low_rank_params", answer == solution_low_rank_params(), "count B's entries and A's entries")
+
+
+def solution_low_rank_params() -> int:
+    m, n, r = 1000, 1000, 8
+    return m * r + r * n  # B (m, r) plus A (r, n) = r (m + n) = 16,000, 1.6% of 1,000,000
+
+
+def check_ranks_99_percent(answer: int) -> bool:
+    """What is the largest rank r whose factors have more than 99% fewer parameters than a 1000 x 1000 W?"""
+    hint = "more than 99% fewer means r (m + n) < 0.01 m n; is rank 8 really enough?"
+    return report("ranks_99_percent", answer == solution_ranks_99_percent(), hint)
+
+
+def solution_ranks_99_percent() -> int:
+    m, n = 1000, 1000
+    ranks = [r for r in range(1, min(m, n) + 1) if r * (m + n) < 0.01 * m * n]
+    return max(ranks)  # 4: rank 5 saves exactly 99%, rank 8 saves 98.4%
+
+
+def check_eckart_young_error(answer: float) -> bool:
+    """W = diag(5, 3, 2, 1). What is ||W - W_2||_F for its best rank-2 approximation W_2?"""
+    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_eckart_young_error(), rel_tol=1e-4)
+    return report("eckart_young_error", ok, "the error is the norm of the singular values you drop")
+
+
+def solution_eckart_young_error() -> float:
+    S = [5.0, 3.0, 2.0, 1.0]  # a diagonal matrix's singular values are its |diagonal|, sorted
+    r = 2
+    return math.sqrt(sum(s**2 for s in S[r:]))  # sqrt(2^2 + 1^2) = sqrt(5) = 2.236
+
+
+def check_low_rank_approx(fn: Callable) -> bool:
+    """Write ``fn(W, r)`` returning the best rank-r approximation of W (a torch tensor) with the SVD."""
+    cases = [(W, r) for W in _random_matrices() for r in (1, 2, min(W.shape))]
+    hint = "keep the r largest singular values: U[:, :r] * S[:r] @ Vh[:r] with torch.linalg.svd(W, full_matrices=False)"
+    return agrees("low_rank_approx", fn, low_rank_approx, cases, hint)
+
+
+def solution_low_rank_approx(W: torch.Tensor, r: int) -> torch.Tensor:
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # U (m, k), S (k,), Vh (k, n)
+    return (U[:, :r] * S[:r]) @ Vh[:r]  # (m, r) @ (r, n)
+
+
+def check_energy_at_rank(fn: Callable) -> bool:
+    """Write ``fn(W, r)`` returning the fraction of ||W||_F^2 that the best rank-r approximation keeps."""
+    cases = [(W, r) for W in _random_matrices() for r in (1, 3)]
+    hint = "sum the r largest squared singular values and divide by the sum of all of them"
+    return agrees("energy_at_rank", fn, lambda W, r: singular_value_energy(W)[r - 1], cases, hint)
+
+
+def solution_energy_at_rank(W: torch.Tensor, r: int) -> float:
+    S = torch.linalg.svdvals(W)  # descending
+    return float((S[:r] ** 2).sum() / (S**2).sum())
