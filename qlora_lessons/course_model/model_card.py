@@ -32,8 +32,7 @@ pretraining text never uses; its test split holds 90 countries never asked about
 ## Training
 Next-token prediction, {stats['steps']:,} steps of {stats['batch_size']} windows of {stats['seq_len']} tokens,
 AdamW (betas 0.9/0.95, weight decay 0.1), one-cycle learning rate peaking at {stats['max_lr']}, gradient
-clipping at 1.0, float32, seed {stats['seed']}: {stats['train_seconds'] / 60:.1f} minutes on the machine that
-made these weights.
+clipping at 1.0, float32, seed {stats['seed']}: {stats['train_seconds'] / 60:.1f} minutes with {stats['torch_threads']} CPU thread(s) on the machine that made these weights.
 
 ## Results
 - Final loss (mean next-token loss over the whole corpus): **{stats['final_loss']:.4f}**.
