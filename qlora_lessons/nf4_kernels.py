@@ -134,16 +134,17 @@ def dequantize_packed(packed: torch.Tensor, absmax: torch.Tensor, blocksize: int
     out = torch.empty(n, dtype=dtype, device=packed.device)
     full = n - n % blocksize
     pairs = table.pairs.to(packed.device)
+    scale = absmax.unsqueeze(1)  # (blocks, 1)
+    direct = dtype == torch.float32  # write float32 straight into the output, else through a float32 buffer
 
     def one_chunk(start: int) -> None:
         stop = min(start + CHUNK, full)
-        direct = dtype == torch.float32
         into = out[start:stop].view(torch.int64) if direct else torch.empty((stop - start) // 2, dtype=torch.int64)
         torch.index_select(pairs, 0, packed[start // 2: stop // 2].int(), out=into)  # two levels per byte
         values = into.view(torch.float32).view(-1, blocksize)  # (blocks in chunk, blocksize)
-        values.mul_(absmax[start // blocksize: stop // blocksize].unsqueeze(1))
+        values.mul_(scale[start // blocksize: stop // blocksize])
         if not direct:
-            out[start:stop].copy_(values.view(-1))
+            out[start:stop].view(-1, blocksize).copy_(values)
 
     for_each_chunk(one_chunk, full)
     if full < n:
