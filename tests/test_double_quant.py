@@ -98,6 +98,18 @@ def test_8bit_codes_agree_with_bitsandbytes_table_on_nearly_all_values():
     assert torch.equal(dequantize_blockwise_8bit(theirs, state), bnb.dequantize_blockwise(theirs, state_ref))
 
 
+def test_bitsandbytes_cpu_8bit_codes_are_a_65536_slot_table():
+    """What bitsandbytes 0.50's CPU 8-bit quantizer does, reproduced exactly: slot = trunc((v + 1) / 2 * 65535 + 0.5)
+    and the code stored for a slot is the level nearest the slot's centre 2 slot / 65535 - 1."""
+    x = torch.randn(256 * 512, generator=torch.Generator().manual_seed(11))
+    theirs, state_ref = bnb.quantize_blockwise(x, blocksize=256)
+    scaled = x.view(-1, 256) * (1 / state_ref.absmax).unsqueeze(1)
+    slot = (((scaled + 1) * 0.5) * 65535 + 0.5).long()
+    code = dynamic_map()
+    table = torch.bucketize(torch.arange(65536) * 2 / 65535 - 1, (code[:-1] + code[1:]) / 2)
+    assert torch.equal(table[slot].view(-1), theirs.long())
+
+
 # ---------------------------------------------------------------- double quantization against bitsandbytes
 
 
