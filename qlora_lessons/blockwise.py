@@ -47,7 +47,7 @@ def blockwise_absmax_scale(x: torch.Tensor, blocksize: int) -> tuple[torch.Tenso
     Example: x = [1, -2, 4, 0.5], blocksize 2 -> absmax [2, 4], scaled [0.5, -1, 1, 0.125].
     Raises ValueError if any block holds NaN or inf (its absmax is then not finite).
     """
-    flat = x.reshape(-1).float()
+    flat = x.detach().reshape(-1).float()
     n = flat.numel()
     full = n - n % blocksize
     blocks = flat[:full].view(-1, blocksize)  # (n_full_blocks, blocksize)

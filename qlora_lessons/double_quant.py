@@ -69,8 +69,8 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = 256,
 
     Equation: q_i = nearest_code(x_i / absmax_b, code), absmax_b = max |x| over block b.
     Shapes: x (any) -> codes uint8 (same shape as x), state.absmax (ceil(n / blocksize),).
-    Example: ``codes, state = quantize_blockwise_8bit(torch.tensor([0.5, -1.0]), blocksize=32)``
-    -> codes [242, 0] (0.5 is the dynamic map's value 242; -1 rounds to its lowest, -0.99296875).
+    Example: ``codes, state = quantize_blockwise_8bit(torch.tensor([1.0, -1.0]), blocksize=32)``
+    -> codes [255, 0] (1 is the map's top value; -1 rounds to its lowest, -0.99296875).
     Source: bitsandbytes ``quantize_blockwise`` (its default torch path; its CPU C++ path uses a table).
     """
     check_float_tensor(x)
@@ -89,7 +89,7 @@ def dequantize_blockwise_8bit(codes: torch.Tensor, state: Blockwise8bitState) ->
     """Map 8-bit codes back to values: x_i = code[q_i] * absmax_b, in float32, cast to state.dtype.
 
     Shapes: codes uint8 (state.shape) -> (state.shape) tensor of state.dtype.
-    Example: codes [242, 0] with absmax [1.0] -> [0.5, -0.99296875].
+    Example: codes [255, 0] with absmax [2.0] -> [2.0, -1.9859375].
     """
     if not isinstance(state, Blockwise8bitState):
         raise TypeError(f"state must be a Blockwise8bitState, got {type(state).__name__}")

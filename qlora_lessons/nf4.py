@@ -71,8 +71,8 @@ def fp4_code() -> torch.Tensor:
 def int4_code() -> torch.Tensor:
     """The 16 INT4 levels: symmetric absmax integers -7..7 divided by 7, sign-magnitude bit order.
 
-    Equation: bits s b2 b1 b0 -> (-1)^s * (7 - b) / 7 ... in bitsandbytes' order [7, 6, .., 0, -0, .., -7] / 7.
-    Two codes mean zero (+0 and -0), so INT4 uses 15 distinct levels, evenly spaced by 1/7.
+    Equation: pattern p = 0..7 -> (7 - p) / 7, p = 8..15 -> -(p - 8) / 7, i.e. [7, 6, .., 0, -0, -1, .., -7] / 7.
+    Two patterns mean zero (+0 and -0), so INT4 uses 15 distinct levels, evenly spaced by 1/7.
     Source: bitsandbytes ``get_4bit_type("int4")``.
     Shapes: () -> (16,) float32, NOT sorted.
     Example: ``int4_code()[[0, 7, 15]] -> [1.0, 0.0, -1.0]``.
@@ -187,6 +187,7 @@ def quantize_4bit(w: torch.Tensor, blocksize: int = 64, quant_type: str = "nf4",
     check_float_tensor(w, "w")
     check_blocksize(blocksize)
     code = code_for(quant_type).to(w.device)
+    w = w.detach()  # quantization is not differentiated (and the CPU kernels write into preallocated outputs)
     if not isinstance(double_quant, bool):
         raise TypeError(f"double_quant must be a bool, got {double_quant!r}")
     if w.device.type == "cpu":  # the same bytes, in cache-sized chunks with a lookup table (nf4_kernels)

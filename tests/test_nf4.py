@@ -110,6 +110,14 @@ def test_quantize_matches_bitsandbytes_across_many_chunks(dtype):
     assert torch.equal(packed, packed_ref.view(-1)) and torch.equal(state.absmax, state_ref.absmax)
 
 
+def test_a_parameter_and_a_transposed_view_quantize_like_bitsandbytes():
+    W = torch.nn.Parameter(torch.randn(CHUNK // 64, 160))  # requires grad, several chunks
+    for w in (W, W.t()):  # a transposed view is quantized in its logical (row-major) order
+        packed, state = quantize_4bit(w)
+        packed_ref, state_ref = bnb.quantize_4bit(w.detach(), blocksize=64, quant_type="nf4")
+        assert torch.equal(packed, packed_ref.view(-1)) and torch.equal(state.absmax, state_ref.absmax)
+
+
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 def test_values_exactly_on_midpoints_go_to_the_lower_level_as_in_bitsandbytes(quant_type):
     code = code_for(quant_type)
