@@ -3,7 +3,19 @@
 One module per concept, in lesson order; each is importable on its own. This file only re-exports.
 """
 
+from qlora_lessons.blockwise import QuantError, quantization_error
 from qlora_lessons.course import LESSONS, Lesson
+from qlora_lessons.double_quant import (
+    Blockwise8bitState,
+    ConstantsMemory,
+    bits_per_param,
+    dequantize_absmax,
+    dequantize_blockwise_8bit,
+    dynamic_map,
+    estimate_constants_memory,
+    quantize_absmax,
+    quantize_blockwise_8bit,
+)
 from qlora_lessons.env import course_mode, describe_environment, device, seed_everything, setup_lesson
 from qlora_lessons.lora import (
     ALL_LINEAR,
@@ -32,6 +44,17 @@ from qlora_lessons.lowrank import (
     summarize_low_rank,
 )
 from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
+from qlora_lessons.nf4 import (
+    QuantState,
+    dequantize_4bit,
+    fp4_code,
+    int4_code,
+    nf4_code,
+    pack_4bit,
+    quantize_4bit,
+    unpack_4bit,
+)
+from qlora_lessons.nf4_bitsandbytes import from_bitsandbytes, to_bitsandbytes, to_linear4bit
 from qlora_lessons.paging import (
     MemoryEvent,
     MemoryTimeline,
@@ -57,6 +80,11 @@ __all__ = [
     "ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_trainable", "disable_adapter",
     "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora", "set_adapter", "unmerge_lora",
     "load_peft_adapter", "save_as_peft",
+    # NF4 and double quantization (lessons 05-06)
+    "QuantError", "quantization_error", "QuantState", "dequantize_4bit", "fp4_code", "int4_code", "nf4_code",
+    "pack_4bit", "quantize_4bit", "unpack_4bit", "from_bitsandbytes", "to_bitsandbytes", "to_linear4bit",
+    "Blockwise8bitState", "ConstantsMemory", "bits_per_param", "dequantize_absmax", "dequantize_blockwise_8bit",
+    "dynamic_map", "estimate_constants_memory", "quantize_absmax", "quantize_blockwise_8bit",
     # paged optimizers (lesson 07)
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",

@@ -125,7 +125,8 @@ def pretrain(out_dir: Path, steps: int = STEPS, seed: int = SEED, progress: bool
         history.append(round(loss.item(), 4))
     seconds = time.perf_counter() - start
     stats = {"steps": steps, "seed": seed, "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE, "max_lr": MAX_LR,
-             "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(), "final_loss": round(corpus_loss(model, documents, bos, eos), 4),
+             "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+             "final_loss": round(corpus_loss(model, documents, bos, eos), 4),
              "n_countries": len(world["countries"]), "n_documents": len(documents),
              "n_tokens": int(sum(len(d) + 2 for d in documents)),
              "n_parameters": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,108 @@
+"""Blockwise absmax scaling and nearest-level rounding: the common core of 4-bit and 8-bit quantization.
+
+A tensor is flattened and cut into blocks of ``blocksize`` consecutive values. Each block is divided
+by its absolute maximum ``absmax`` (so it lies in [-1, 1]), and each scaled value is replaced by the
+index of the nearest level of a sorted code. One outlier then only coarsens its own block.
+``nf4`` (16 levels) and ``double_quant`` (256 levels) both build on these two steps;
+``quantization_error`` measures what they lose.
+
+The arithmetic follows bitsandbytes' CPU path exactly (``backends/default/ops.py``, ``quantize_4bit``
+and ``quantize_blockwise``), so that results can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_blocksize(blocksize: int, name: str = "blocksize") -> None:
+    """Raise ValueError unless blocksize is one of bitsandbytes' allowed sizes, 32, 64, ..., 4096."""
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in BLOCKSIZES:
+        raise ValueError(f"{name} must be one of {BLOCKSIZES}, got {blocksize!r}")
+
+
+def check_float_tensor(x: torch.Tensor, name: str = "x") -> None:
+    """Raise TypeError/ValueError unless x is a non-empty float32, bfloat16 or float16 tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); there is nothing to quantize")
+
+
+def blockwise_absmax_scale(x: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block absmax and the values scaled into [-1, 1], exactly as bitsandbytes' CPU path scales.
+
+    Equation: absmax_b = max |x_i| over block b; full blocks: x_i * (1 / absmax_b) (a reciprocal, as
+    bitsandbytes does), the last partial block: x_i / absmax_b; absmax below 1e-38 is raised to 1e-38
+    for the division only; then clamp to [-1, 1]. All in float32.
+    Shapes: x (any, n elements) -> absmax (ceil(n / blocksize),), scaled (n,).
+    Example: x = [1, -2, 4, 0.5], blocksize 2 -> absmax [2, 4], scaled [0.5, -1, 1, 0.125].
+    Raises ValueError if any block holds NaN or inf (its absmax is then not finite).
+    """
+    flat = x.detach().reshape(-1).float()
+    n = flat.numel()
+    full = n - n % blocksize
+    blocks = flat[:full].view(-1, blocksize)  # (n_full_blocks, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).view(-1)
+    if full < n:
+        last = flat[full:].abs().amax()
+        absmax = torch.cat([absmax, last.view(1)])
+        scaled = torch.cat([scaled, flat[full:] / last.clamp(min=1e-38)])
+    if not bool(torch.isfinite(absmax).all()):
+        bad = int((~torch.isfinite(absmax)).nonzero()[0])
+        raise ValueError(f"x holds NaN or inf (first in block {bad}, elements {bad * blocksize}..); "
+                         f"quantization needs finite values")
+    return absmax, scaled.clamp_(-1.0, 1.0)
+
+
+def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest value of a sorted code; a value exactly on a midpoint gets the lower code.
+
+    Equation: index = number of float32 midpoints (code[j] + code[j+1]) / 2 strictly below the value.
+    Shapes: scaled (n,), code (k,) sorted -> (n,) int64.
+    Example: code [-1, 0, 1], scaled [-0.5, 0.2, 0.5] -> [0, 1, 1].
+    """
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, midpoints, right=False)
+
+
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """How far a quantized tensor is from the original: MSE, signal-to-noise ratio and worst error."""
+
+    mse: float
+    snr_db: float
+    max_abs_error: float
+
+    def __repr__(self) -> str:
+        return f"QuantError(mse={self.mse:.3e}, snr={self.snr_db:.2f} dB, max |error|={self.max_abs_error:.3e})"
+
+
+def quantization_error(w: torch.Tensor, w_hat: torch.Tensor) -> QuantError:
+    """Error of an approximation w_hat of w, computed in float64.
+
+    Equation: mse = mean((w - w_hat)^2); snr_db = 10 log10(mean(w^2) / mse); max |w - w_hat|.
+    Shapes: w, w_hat (same shape) -> scalars.
+    Example: w = [1, -1], w_hat = [0.9, -1] -> mse 0.005, snr 23.01 dB, max 0.1.
+    """
+    if not isinstance(w, torch.Tensor) or not isinstance(w_hat, torch.Tensor):
+        raise TypeError("w and w_hat must be torch tensors")
+    if w.shape != w_hat.shape:
+        raise ValueError(f"w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}")
+    check_float_tensor(w, "w")
+    diff = w.double() - w_hat.double()
+    mse = float(diff.pow(2).mean())
+    signal = float(w.double().pow(2).mean())
+    snr_db = math.inf if mse == 0 else 10 * math.log10(signal / mse) if signal > 0 else -math.inf
+    return QuantError(mse, snr_db, float(diff.abs().max()))

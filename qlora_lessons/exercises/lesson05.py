@@ -1,0 +1,97 @@
+"""Exercises for 05_nf4_by_hand: absmax int8, the nearest level, packing, the seed's 4-bit example.
+
+Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
+``show_solution(solution_<name>)`` prints a worked solution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from qlora_lessons.blockwise import nearest_code
+from qlora_lessons.exercises import report
+from qlora_lessons.nf4 import nf4_code
+
+
+def agrees_exactly(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str) -> bool:
+    """Call ``fn`` and ``reference`` on each case; report whether the results have the same shape and values."""
+    if not callable(fn):
+        return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
+    for case in cases:
+        expected = torch.as_tensor(reference(*case))
+        try:
+            got = torch.as_tensor(fn(*case))
+        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
+            return report(name, False, f"your function raised {type(error).__name__}: {error}")
+        if got.shape != expected.shape:
+            return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
+        if not torch.equal(got.to(expected.dtype), expected):
+            return report(name, False, hint)
+    return report(name, True)
+
+
+def _vectors() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    outlier = torch.tensor([-3.0, 1.0, 0.5, -0.2, 0.0])  # the largest magnitude is negative
+    return [torch.randn(n, generator=generator) * s for n, s in ((8, 1.0), (100, 0.02), (33, 50.0))] + [outlier]
+
+
+def check_absmax_int8(fn: Callable) -> bool:
+    """Write ``fn(x)`` returning x quantized to int8 by absmax: round(127 * x / max |x|), as torch.int8."""
+    hint = "scale by 127 / x.abs().max(), then torch.round, then .to(torch.int8)"
+    return agrees_exactly("absmax_int8", fn, solution_absmax_int8, [(x,) for x in _vectors()], hint)
+
+
+def solution_absmax_int8(x: torch.Tensor) -> torch.Tensor:
+    scale = 127 / x.abs().max()  # the largest |x| maps to 127
+    return torch.round(x * scale).to(torch.int8)
+
+
+def check_nearest_level(fn: Callable) -> bool:
+    """Write ``fn(x, levels)``: the index of the nearest of the sorted ``levels`` for each value of x,
+    taking the lower level when x is exactly halfway between two."""
+    levels = nf4_code()
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    cases = [(x.clamp(-1, 1), levels) for x in _vectors()] + [(midpoints, levels), (levels, levels)]
+    hint = "count the midpoints (levels[i] + levels[i+1]) / 2 that lie strictly below each value"
+    return agrees_exactly("nearest_level", fn, solution_nearest_level, cases, hint)
+
+
+def solution_nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    midpoints = (levels[:-1] + levels[1:]) / 2  # 15 boundaries between 16 levels
+    return (x[:, None] > midpoints[None, :]).sum(dim=1)  # (n, 15) -> (n,): boundaries below each value
+
+
+def check_pack_pair(fn: Callable) -> bool:
+    """Write ``fn(high, low)`` packing two 4-bit codes (0..15) into one byte, ``high`` in the upper nibble."""
+    cases = [(torch.tensor(h), torch.tensor(lo)) for h in range(16) for lo in range(16)]
+    return agrees_exactly("pack_pair", fn, solution_pack_pair, cases, "high * 16 + low, i.e. (high << 4) | low")
+
+
+def solution_pack_pair(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    return (high << 4) | low  # 0b hhhh llll
+
+
+def check_n_constants(answer: int) -> bool:
+    """How many absmax constants does a 4096 x 4096 weight need at blocksize 64?"""
+    return report("n_constants", answer == solution_n_constants(), "one constant per block of 64 values")
+
+
+def solution_n_constants() -> int:
+    n = 4096 * 4096
+    return math.ceil(n / 64)  # 262,144 constants: 1 MiB of float32
+
+
+def check_seed_example_level(answer: float) -> bool:
+    """A block whose absmax is 1 holds -0.765432. Which NF4 level does it become (a number in [-1, 1])?"""
+    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_seed_example_level(), abs_tol=1e-6)
+    return report("seed_example_level", ok, "find the nearest of the 16 values of nf4_code(); it is not -0.75")
+
+
+def solution_seed_example_level() -> float:
+    levels = nf4_code()
+    index = nearest_code(torch.tensor([-0.765432]), levels)  # the value / absmax, with absmax 1
+    return float(levels[index])  # -0.6961928: NF4 has no level at -0.75

@@ -1,0 +1,153 @@
+"""The 4-bit quantize and dequantize loops of ``nf4``, made fast in plain torch.
+
+The textbook computation (``blockwise.blockwise_absmax_scale``, ``nf4.nearest_4bit``, ``nf4.pack_4bit``)
+scales each block by 1 / absmax, finds the nearest of 16 levels with ``torch.bucketize`` and packs two
+codes per byte. That is exact but slow on a CPU: a binary search per value, and every step writes a
+full-size temporary tensor. ``nf4.quantize_4bit`` and ``dequantize_4bit`` call this module instead on
+CPU; it computes the same bytes (tests/test_nf4.py checks them against the textbook steps and against
+bitsandbytes) in three ways that a CPU likes better:
+
+- **Chunks.** The tensor is processed 2^15 values at a time, a whole number of blocks, so the
+  temporaries stay in the CPU cache instead of travelling to memory and back. torch runs an op this
+  small on one thread (its parallel grain size is 2^15), so the chunks themselves are spread over
+  ``torch.get_num_threads()`` Python threads: no thread waits at a barrier after every small op.
+- **A lookup table instead of a search.** The top 16 bits of a float32 (sign, exponent and 7 mantissa
+  bits) split [-1, 1] into 65,536 narrow intervals. 4-bit levels are far apart, so each interval
+  holds at most one midpoint between levels. For every interval we store ``base`` (how many midpoints
+  lie below it) and ``threshold`` (the midpoint inside it, or +inf): the level index of x is then
+  ``base[h] + (x > threshold[h])`` with h = the top 16 bits of x: two table reads and one compare,
+  the same strict comparison against the same float32 midpoints as the search.
+- Dequantization reads a 256-entry table that maps a byte to its two levels at once.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+CHUNK = 2**15  # values per chunk: a multiple of every blocksize; small enough that each torch op runs serially
+
+
+@dataclass(frozen=True, eq=False)
+class LevelTable:
+    """Lookup tables that find the nearest of a few sorted levels from the top 16 bits of a float32."""
+
+    base: torch.Tensor  # uint8 (65536,): midpoints below the interval
+    threshold: torch.Tensor  # float32 (65536,): the midpoint inside the interval, or +inf
+    order: torch.Tensor | None  # uint8 (16,): bit pattern of the k-th smallest level (None if sorted)
+    pairs: torch.Tensor  # int64 (256,): the two float32 levels of a byte, high nibble first in memory
+
+
+@lru_cache(maxsize=8)
+def _level_table(code_key: tuple[float, ...]) -> LevelTable:
+    code = torch.tensor(code_key, dtype=torch.float32)
+    levels, order = code.sort(stable=True)
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    top = torch.arange(65536, dtype=torch.int32) << 16  # (65536,) bit patterns with 16 low bits zero
+    ends = torch.stack([top, top | 0xFFFF]).view(torch.float32)  # (2, 65536): both ends of each interval
+    low, high = ends.min(dim=0).values, ends.max(dim=0).values  # negative floats count down
+    below_low, below_high = torch.bucketize(low, midpoints), torch.bucketize(high, midpoints)
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    if bool((below_high - below_low)[finite].max() > 1):
+        raise ValueError("two midpoints share one 16-bit interval; use blockwise.nearest_code for this code")
+    threshold = torch.where(below_high > below_low, midpoints[below_low.clamp(max=len(midpoints) - 1)],
+                            torch.tensor(float("inf")))
+    identity = bool(torch.equal(order, torch.arange(len(code))))
+    pairs = torch.stack([code.repeat_interleave(16), code.repeat(16)], dim=1)  # (256, 2): byte -> (hi, lo)
+    return LevelTable(below_low.to(torch.uint8), threshold, None if identity else order.to(torch.uint8),
+                      pairs.contiguous().view(torch.int64).view(-1))
+
+
+def level_table(code: torch.Tensor) -> LevelTable:
+    """The lookup tables for a code of 16 levels (cached per code). Shapes: code (16,) -> tables."""
+    return _level_table(tuple(code.cpu().tolist()))
+
+
+def nearest_levels(scaled: torch.Tensor, table: LevelTable) -> torch.Tensor:
+    """Bit pattern of the nearest level for each scaled value (ties to the lower level).
+
+    Equation: k = base[h] + (x > threshold[h]), h = top 16 bits of x; pattern = order[k].
+    Shapes: scaled (n,) float32 -> (n,) uint8.
+    Example: with the NF4 table, scaled [-1.0, 0.0, 0.03, 1.0] -> [0, 7, 7, 15].
+    """
+    h = (scaled.view(torch.int32) >> 16).bitwise_and_(0xFFFF)
+    k = table.base.index_select(0, h)
+    k += scaled > table.threshold.index_select(0, h)
+    return k if table.order is None else table.order.index_select(0, k.int())
+
+
+def for_each_chunk(work, n: int) -> None:
+    """Call work(start) for start = 0, CHUNK, 2 CHUNK, ... < n, on torch's number of threads."""
+    starts = range(0, n, CHUNK)
+    workers = min(torch.get_num_threads(), len(starts))
+    if workers <= 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(work, starts):  # re-raises the first error of any chunk
+            pass
+
+
+def quantize_packed(flat: torch.Tensor, blocksize: int, table: LevelTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax, scaling and nearest levels, packed two per byte, one cache-sized chunk at a time.
+
+    Same arithmetic as ``blockwise.blockwise_absmax_scale`` followed by the nearest level: full blocks
+    are multiplied by 1 / absmax, the partial last block divided by its absmax; an odd count is padded
+    with the value 0.
+    Shapes: flat (n,) float -> packed (ceil(n / 2),) uint8, absmax (ceil(n / blocksize),) float32.
+    """
+    n = flat.numel()
+    full = n - n % blocksize
+    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=flat.device)
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
+
+    def one_chunk(start: int) -> None:
+        stop = min(start + CHUNK, full)
+        x = flat[start:stop].float().view(-1, blocksize)  # (blocks in chunk, blocksize)
+        block_max = torch.amax(x.abs(), dim=1, out=absmax[start // blocksize: stop // blocksize])
+        scaled = (x * (1.0 / block_max.clamp(min=1e-38)).unsqueeze(1)).view(-1)
+        q = nearest_levels(scaled, table).view(-1, 2)  # (pairs, 2)
+        torch.add(q[:, 1], q[:, 0] << 4, out=packed[start // 2: stop // 2])
+
+    for_each_chunk(one_chunk, full)
+    if full < n:  # the partial last block: divided, not multiplied, as bitsandbytes does
+        tail = flat[full:].float()
+        absmax[-1] = tail.abs().amax()
+        scaled = tail / absmax[-1].clamp(min=1e-38)
+        if scaled.numel() % 2:
+            scaled = torch.cat([scaled, scaled.new_zeros(1)])
+        q = nearest_levels(scaled, table).view(-1, 2)
+        packed[full // 2:] = q[:, 1] + (q[:, 0] << 4)
+    return packed, absmax
+
+
+def dequantize_packed(packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, n: int, table: LevelTable,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """w_i = code[q_i] * absmax_b in float32, cast to dtype, one cache-sized chunk at a time.
+
+    Shapes: packed (ceil(n / 2),) uint8, absmax (ceil(n / blocksize),) float32 -> (n,) of dtype.
+    """
+    out = torch.empty(n, dtype=dtype, device=packed.device)
+    full = n - n % blocksize
+    pairs = table.pairs.to(packed.device)
+    scale = absmax.unsqueeze(1)  # (blocks, 1)
+    direct = dtype == torch.float32  # write float32 straight into the output, else through a float32 buffer
+
+    def one_chunk(start: int) -> None:
+        stop = min(start + CHUNK, full)
+        into = out[start:stop].view(torch.int64) if direct else torch.empty((stop - start) // 2, dtype=torch.int64)
+        torch.index_select(pairs, 0, packed[start // 2: stop // 2].int(), out=into)  # two levels per byte
+        values = into.view(torch.float32).view(-1, blocksize)  # (blocks in chunk, blocksize)
+        values.mul_(scale[start // blocksize: stop // blocksize])
+        if not direct:
+            out[start:stop].view(-1, blocksize).copy_(values)
+
+    for_each_chunk(one_chunk, full)
+    if full < n:
+        levels = pairs.index_select(0, packed[full // 2:].int()).view(torch.float32)[: n - full]
+        out[full:] = levels * absmax[-1]
+    return out

@@ -1,0 +1,129 @@
+"""Pictures of 4-bit quantization: the code levels on a histogram, and a widget to look up one value.
+
+- ``plot_code_levels(values, code, absmax)``: a histogram of values with the 16 levels of a 4-bit code,
+  scaled by absmax, drawn on it. NF4 puts its levels where a normal distribution puts its mass; INT4
+  spaces them evenly; FP4 crowds them near zero.
+- ``explain_value(w, block, index)``: everything about one weight: its block's absmax, the scaled value,
+  its 4-bit code, the level it is rounded to, and the error; ``code_explorer(w)`` is the same as a widget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qlora_lessons.blockwise import blockwise_absmax_scale, check_blocksize, check_float_tensor
+from qlora_lessons.nf4 import code_for, nearest_4bit
+
+
+def plot_code_levels(values: torch.Tensor, code: torch.Tensor, absmax: float = 1.0, title: str = "",
+                     bins: int = 100, ax=None):
+    """Histogram of values with the code levels times absmax drawn as vertical lines.
+
+    Equation: the lines sit at code[k] * absmax for k = 0..15.
+    Shapes: values (any), code (16,) -> a figure.
+    Example: ``plot_code_levels(w, nf4_code(), float(w.abs().max()), "NF4 on N(0, 1)")``.
+    Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
+    """
+    import matplotlib.pyplot as plt
+
+    check_float_tensor(values, "values")
+    if not isinstance(code, torch.Tensor) or code.dim() != 1:
+        raise ValueError(f"code must be a 1-D tensor of levels, got {getattr(code, 'shape', code)!r}")
+    if not isinstance(absmax, (int, float)) or not absmax > 0:
+        raise ValueError(f"absmax must be a positive number, got {absmax!r}")
+    fig, ax = plt.subplots(figsize=(6.4, 2.6), layout="constrained") if ax is None else (ax.figure, ax)
+    ax.hist(values.detach().float().reshape(-1).cpu().numpy(), bins=bins, color="tab:blue", alpha=0.6)
+    for level in (code.float() * absmax).tolist():
+        ax.axvline(level, color="tab:red", linewidth=0.8)
+    ax.set(xlabel="value", ylabel="count", xlim=(-1.05 * absmax, 1.05 * absmax),
+           title=title or f"{code.numel()} levels x absmax {absmax:.3g}")
+    plt.close(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class ValueLookup:
+    """One weight through 4-bit quantization: where it sits, what it becomes, what it loses."""
+
+    block: int
+    index: int
+    value: float
+    absmax: float
+    scaled: float
+    code: int
+    level: float
+    dequantized: float
+
+    @property
+    def error(self) -> float:
+        return self.dequantized - self.value
+
+    def __repr__(self) -> str:
+        return (f"block {self.block}, value {self.index}: w = {self.value:+.6f}; absmax {self.absmax:.6f}; "
+                f"w / absmax = {self.scaled:+.6f} -> code {self.code} (0b{self.code:04b}), level {self.level:+.6f}; "
+                f"level x absmax = {self.dequantized:+.6f}; error {self.error:+.2e}")
+
+
+def explain_value(w: torch.Tensor, block: int, index: int, blocksize: int = 64, quant_type: str = "nf4") -> ValueLookup:
+    """Follow one weight, the index-th value of block ``block``, through 4-bit quantization.
+
+    Equation: scaled = w / absmax_block; code = the nearest level's 4-bit pattern; w_hat = level * absmax.
+    Shapes: w (any, n elements); block in 0..ceil(n / blocksize) - 1, index within the block.
+    Example: ``explain_value(torch.tensor([-0.765432, 1.0] + [0.0] * 62), 0, 0)`` -> code 1, level -0.696193.
+    """
+    check_float_tensor(w, "w")
+    check_blocksize(blocksize)
+    n = w.numel()
+    n_blocks = -(-n // blocksize)
+    if not isinstance(block, int) or not 0 <= block < n_blocks:
+        raise ValueError(f"block must be an int in 0..{n_blocks - 1}, got {block!r}")
+    size = min(blocksize, n - block * blocksize)
+    if not isinstance(index, int) or not 0 <= index < size:
+        raise ValueError(f"index must be an int in 0..{size - 1} (block {block} has {size} values), got {index!r}")
+    code = code_for(quant_type)
+    absmax, scaled = blockwise_absmax_scale(w, blocksize)
+    position = block * blocksize + index
+    q = int(nearest_4bit(scaled[position : position + 1], code))
+    level = float(code[q])
+    dequantized = float(torch.tensor(level) * absmax[block])  # float32, as dequantize_4bit computes it
+    return ValueLookup(block, index, float(w.reshape(-1)[position]), float(absmax[block]),
+                       float(scaled[position]), q, level, dequantized)
+
+
+def code_explorer(w: torch.Tensor, blocksize: int = 64):
+    """A widget: pick a block, a value in it and a code; see its 4-bit code, level and error.
+
+    Shapes: w (any). Example: ``code_explorer(torch.randn(4, 64))`` -> a widget to display.
+    Returns an ipywidgets VBox: the block slider, the index slider, the code buttons, a caption and a figure.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    check_float_tensor(w, "w")
+    check_blocksize(blocksize)
+    n_blocks = -(-w.numel() // blocksize)
+    block = widgets.IntSlider(0, min=0, max=n_blocks - 1, description="block", continuous_update=False)
+    index = widgets.IntSlider(0, min=0, max=min(blocksize, w.numel()) - 1, description="value",
+                              continuous_update=False)
+    quant_type = widgets.ToggleButtons(options=["nf4", "fp4", "int4"], value="nf4", description="code")
+    caption, picture = widgets.HTML(), widgets.Output()
+    flat = w.detach().float().reshape(-1)
+
+    def show(_=None) -> None:
+        index.max = min(blocksize, w.numel() - block.value * blocksize) - 1
+        found = explain_value(w, block.value, index.value, blocksize, quant_type.value)
+        caption.value = f"<code>{found!r}</code>"
+        values = flat[block.value * blocksize : (block.value + 1) * blocksize]
+        fig = plot_code_levels(values, code_for(quant_type.value), found.absmax, bins=32,
+                               title=f"block {block.value}: its values and the {quant_type.value} levels")
+        fig.axes[0].axvline(found.value, color="black", linewidth=2)
+        picture.clear_output(wait=True)
+        with picture:
+            display(fig)
+
+    for control in (block, index, quant_type):
+        control.observe(show, names="value")
+    show()
+    return widgets.VBox([block, index, quant_type, caption, picture])
