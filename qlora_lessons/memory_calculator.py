@@ -68,12 +68,11 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
 def memory_calculator():
     """An ipywidgets calculator: pick model, method, dtype, optimizer, rank, batch, sequence length, checkpointing.
 
-    Returns the widget (display it in a notebook cell); each change redraws the bar of
+    Returns the widget (the last line of a notebook cell shows it); each change redraws the bar of
     ``estimate_training_memory`` for the setting against the GPU budget lines and prints it.
     Example: ``memory_calculator()`` as the last line of a cell.
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     knobs = {
         "model": widgets.Dropdown(options=MODEL_NAMES, value="llama-13b", description="model"),
@@ -104,4 +103,4 @@ def memory_calculator():
             print(estimate)
 
     widgets.interactive_output(redraw, knobs)
-    display(widgets.VBox([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out]))
+    return widgets.VBox([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out])

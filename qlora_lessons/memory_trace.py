@@ -99,8 +99,9 @@ class _NoHook:
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
-               if isinstance(t, torch.Tensor))
+    """Bytes of the optimizer's state tensors, each counted once (bitsandbytes shares its 8-bit maps)."""
+    tensors = {id(t): t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _trace_depth(config: LlamaConfig, knobs: dict) -> tuple[MemoryBreakdown, dict[str, int]]:
