@@ -13,7 +13,7 @@ from qlora_lessons.memory import (
     count_parameters,
     model_config,
 )
-from qlora_lessons.memory_calculator import memory_calculator, plot_memory_breakdown
+from qlora_lessons.memory_calculator import memory_calculator, plot_memory_breakdown, plot_memory_calculator
 from qlora_lessons.memory_estimate import estimate_training_memory
 from qlora_lessons.memory_standins import AdamW8bitState, NF4Linear
 from qlora_lessons.memory_trace import measure_training_memory, trace_training_memory
@@ -41,5 +41,6 @@ __all__ = [
     "memory_calculator",
     "model_config",
     "plot_memory_breakdown",
+    "plot_memory_calculator",
     "trace_training_memory",
 ]

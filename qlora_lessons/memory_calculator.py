@@ -26,7 +26,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=GPU_BUDGETS_GB, ax=None,
                           title: str | None = None):
-    """One stacked bar per breakdown (GB), a black tick at its peak (``total``), dashed lines at ``budgets_gb``.
+    """One stacked bar per breakdown (GB), a black tick at its peak (``total``), dashed lines at GPU sizes.
+
+    The lines are the ``budgets_gb`` below the tallest bar and the first one above it.
 
     The bar is every part held at once; the tick is lower when activations and gradients do not
     coexist (the backward pass frees one as it makes the other). Returns the matplotlib Axes.
@@ -52,11 +54,11 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
                 label="peak" if index == 0 else None)
         ax.annotate(f"{peak:.1f}", (index, peak), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
     top = max(sum(getattr(b, part) for part in _ORDER) for b in breakdowns.values()) / 1e9
-    for budget in budgets_gb:
-        if budget <= 1.15 * top:
-            ax.axhline(budget, color="gray", linestyle="--", linewidth=0.8)
-            ax.text(len(names) - 0.55, budget, f"{budget} GB GPU", va="bottom", ha="right", fontsize=7, color="dimgray",
-                    zorder=5, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 0.5})
+    above = [budget for budget in sorted(budgets_gb) if budget > top][:1]  # the smallest GPU that holds every bar
+    for budget in [budget for budget in sorted(budgets_gb) if budget <= top] + above:
+        ax.axhline(budget, color="gray", linestyle="--", linewidth=0.8)
+        ax.text(len(names) - 0.55, budget, f"{budget} GB GPU", va="bottom", ha="right", fontsize=7, color="dimgray",
+                zorder=5, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 0.5})
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("GB (1e9 bytes)")
     ax.set_title(title or "memory of one training step")
@@ -65,42 +67,66 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
     return ax
 
 
+CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", lora_r=8,
+                        targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False)
+
+
+def plot_memory_calculator(**knobs):
+    """Draw what ``memory_calculator`` draws for ``knobs`` (the keys of ``CALCULATOR_START``, which fills the rest).
+
+    Returns the ``MemoryBreakdown`` it drew. Example: ``plot_memory_calculator()`` draws the opening setting,
+    LLaMA-13B QLoRA in bfloat16; ``plot_memory_calculator(method="full")`` the full fine-tune.
+    """
+    unknown = set(knobs) - set(CALCULATOR_START)
+    if unknown:
+        raise ValueError(f"unknown calculator knobs {sorted(unknown)}; the knobs are {list(CALCULATOR_START)}")
+    values = {**CALCULATOR_START, **knobs}
+    if values["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {values['dtype']!r}")
+    targets = "all-linear" if values["targets"] == "all-linear" else tuple(values["targets"].split(", "))
+    estimate = estimate_training_memory(values["model"], method=values["method"], weight_dtype=DTYPES[values["dtype"]],
+                                        optimizer=values["optimizer"], lora_r=values["lora_r"], lora_targets=targets,
+                                        batch_size=values["batch_size"], seq_len=values["seq_len"],
+                                        gradient_checkpointing=values["checkpointing"])
+    label = f"{values['model']} {values['method']}"
+    plot_memory_breakdown({label: estimate}, title=f"{label}, {values['dtype']}: peak {estimate.total / 1e9:.1f} GB")
+    return estimate
+
+
 def memory_calculator():
     """An ipywidgets calculator: pick model, method, dtype, optimizer, rank, batch, sequence length, checkpointing.
 
     Returns the widget (the last line of a notebook cell shows it); each change redraws the bar of
-    ``estimate_training_memory`` for the setting against the GPU budget lines and prints it.
+    ``estimate_training_memory`` for the setting against the GPU budget lines (``plot_memory_calculator``).
     Example: ``memory_calculator()`` as the last line of a cell.
     """
     import ipywidgets as widgets
 
+    start = CALCULATOR_START
     knobs = {
-        "model": widgets.Dropdown(options=MODEL_NAMES, value="llama-13b", description="model"),
-        "method": widgets.ToggleButtons(options=METHODS, value="qlora", description="method"),
-        "dtype": widgets.Dropdown(options=list(DTYPES), value="bfloat16", description="dtype"),
-        "optimizer": widgets.Dropdown(options=OPTIMIZERS, value="adamw", description="optimizer"),
-        "lora_r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=8, description="LoRA rank"),
-        "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value="q_proj, v_proj",
+        "model": widgets.Dropdown(options=MODEL_NAMES, value=start["model"], description="model"),
+        "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
+        "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
+        "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
+        "lora_r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["lora_r"], description="LoRA rank"),
+        "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["targets"],
                                     description="LoRA on"),
-        "batch_size": widgets.IntSlider(value=1, min=1, max=32, description="batch"),
-        "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=512, description="seq len"),
-        "checkpointing": widgets.Checkbox(value=False, description="gradient checkpointing"),
+        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch"),
+        "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],
+                                    description="seq len"),
+        "checkpointing": widgets.Checkbox(value=start["checkpointing"], description="gradient checkpointing"),
     }
     out = widgets.Output()
 
     def redraw(**values) -> None:
-        targets = "all-linear" if values["targets"] == "all-linear" else ("q_proj", "v_proj")
-        estimate = estimate_training_memory(values["model"], method=values["method"],
-                                            weight_dtype=DTYPES[values["dtype"]], optimizer=values["optimizer"],
-                                            lora_r=values["lora_r"], lora_targets=targets,
-                                            batch_size=values["batch_size"], seq_len=values["seq_len"],
-                                            gradient_checkpointing=values["checkpointing"])
         with out:
             out.clear_output(wait=True)
-            label = f"{values['model']} {values['method']}"
-            plot_memory_breakdown({label: estimate}, title=f"{label}: peak {estimate.total / 1e9:.1f} GB")
+            print(plot_memory_calculator(**values))
             plt.show()
-            print(estimate)
+
+    class MemoryCalculator(widgets.VBox):
+        def __repr__(self) -> str:  # what a saved notebook shows where the live widget was
+            return "memory calculator: run this cell with a live kernel to turn the knobs"
 
     widgets.interactive_output(redraw, knobs)
-    return widgets.VBox([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out])
+    return MemoryCalculator([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out])

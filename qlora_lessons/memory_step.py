@@ -17,6 +17,7 @@ Left out: dropout (LoRA dropout 0), padding and attention masks, gradient accumu
 from __future__ import annotations
 
 import copy
+import logging
 from typing import TYPE_CHECKING
 from unittest import mock
 
@@ -54,7 +55,7 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
         enable({"use_reentrant": False})
     if method == "full":
         return model
-    from peft import LoraConfig, get_peft_model
+    LoraConfig, get_peft_model = _import_peft()
 
     targets = check_targets(lora_targets)
     lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=list(targets))
@@ -66,6 +67,19 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
                     setattr(module, child_name, NF4Linear(child.in_features, child.out_features, blocksize=blocksize,
                                                           double_quant=double_quant, device=device))
     return model
+
+
+def _import_peft():
+    """peft's LoraConfig and get_peft_model. Importing peft imports bitsandbytes, whose CPU backend logs a
+    warning about an optional kernel package on CPUs with AVX-512 BF16; nothing here uses that kernel."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from peft import LoraConfig, get_peft_model
+    finally:
+        logger.setLevel(level)
+    return LoraConfig, get_peft_model
 
 
 def materialize_fake(model: nn.Module) -> None:

@@ -8,7 +8,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from qlora_lessons import estimate_training_memory, memory_calculator, plot_memory_breakdown  # noqa: E402
+from qlora_lessons import (  # noqa: E402
+    estimate_training_memory,
+    memory_calculator,
+    plot_memory_breakdown,
+    plot_memory_calculator,
+)
 
 
 def test_one_stacked_bar_per_setting_with_its_peak():
@@ -42,4 +47,16 @@ def test_the_calculator_redraws_when_a_knob_turns():
     knobs["model"].value = "llama-7b"
     knobs["gradient checkpointing"].value = True
     assert out is calculator.children[-1]
+    plt.close("all")
+
+
+def test_the_calculators_figure_is_the_estimate_of_its_knobs():
+    drawn = plot_memory_calculator(method="full", dtype="float32", model="llama-7b")
+    assert drawn == estimate_training_memory("llama-7b", method="full", weight_dtype=torch.float32)
+    assert plot_memory_calculator().total == estimate_training_memory(
+        "llama-13b", method="qlora", weight_dtype=torch.bfloat16).total  # the opening setting
+    with pytest.raises(ValueError, match="knobs"):
+        plot_memory_calculator(rank=8)
+    with pytest.raises(ValueError, match="dtype"):
+        plot_memory_calculator(dtype="int8")
     plt.close("all")
