@@ -8,7 +8,7 @@ shape has (``count_parameters``, ``count_lora_parameters``), and the result type
 The formulas are in ``memory_estimate.py``; traced and measured steps in ``memory_trace.py``.
 
 Left out: models other than the Llama family (the counts assume its layer layout: attention q, k,
-v, o and a gated MLP gate, up, down, no biases, untied embeddings).
+v, o and a gated MLP gate, up, down, RMSNorms, no biases).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "nf4": 4, "fp4": 4}
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-# Published shapes: the config.json of huggyllama/llama-{7b,13b,30b,65b} and meta-llama/Llama-2-{7b,13b,70b}-hf,
-# which match Table 2 of the LLaMA paper (Touvron et al. 2023) and Table 1 of the Llama 2 paper.
+# Published shapes: the config.json of huggyllama/llama-{7b,13b,30b,65b} and meta-llama/Llama-2-{7b,13b,70b}-hf
+# on the Hugging Face hub; the LLaMA ones match Table 2 of the LLaMA paper (Touvron et al. 2023).
 _SHAPES = {  # name: (hidden_size, intermediate_size, layers, heads, kv_heads, max_positions, rms_norm_eps)
     "llama-7b": (4096, 11008, 32, 32, 32, 2048, 1e-6),
     "llama-13b": (5120, 13824, 40, 40, 40, 2048, 1e-6),

@@ -1,4 +1,4 @@
-"""Memory of fine-tuning, part 4: a figure of memory breakdowns against GPU sizes, and a calculator with knobs.
+"""Memory of fine-tuning, part 5: a figure of memory breakdowns against GPU sizes, and a calculator with knobs.
 
 ``plot_memory_breakdown`` draws one stacked bar per setting (weights, quantization constants,
 adapters, optimizer state, gradients, activations) with the peak marked on it, against lines for

@@ -7,7 +7,7 @@ real Llama architecture (``memory_trace.trace_training_memory``) and are checked
 the tests and in lesson 02.
 
 Left out: KV caches (none in training), the CUDA allocator's rounding and fragmentation, the CUDA
-context itself (several hundred MB on a real GPU), and padding of sequences in a batch.
+context itself (a few hundred MB on a real GPU), and padding of sequences in a batch.
 """
 
 from __future__ import annotations
@@ -88,40 +88,42 @@ def _optimizer_bytes(sizes: list[int], dtype_bytes: int, optimizer: str) -> int:
 
 
 def _activation_bytes(config: LlamaConfig, knobs: dict, b: int) -> int:
-    """The largest activation memory of a step (bytes), from the tensors autograd saves, read off traces.
+    """The most bytes of activations a step holds at once: tensors saved for backward and backward's own.
 
-    Per decoder layer (T = batch * seq tokens, h hidden, i MLP width, kv = key/value width, H heads):
-      attention: q, k, v after rotary and the attention output, T (2h + 2kv) b; the softmax
-        log-sum-exp of SDPA, T H 4;
-      two RMSNorms: the float32 input (transformers upcasts) and 1 / rms, 2 (4 T h + 4 T);
-      MLP: gate and up projections and SiLU(gate), 3 T i b;
-      inputs kept for trained matrices (weights or LoRA A): T h b for q/k/v, T h b for gate/up,
-        T i b for down (o_proj's input is the attention output, already kept); LoRA: A x, T r b each;
-        full fine-tuning also keeps both normalised outputs, 2 T h b (the RMSNorm weights are trained).
-    Kept across the step: all of that per layer, or only each layer's input (T h b) with gradient
-    checkpointing, which recomputes one layer at a time in the backward pass.
+    The terms are the tensors autograd saves in transformers' Llama with SDPA attention, read off
+    traces (T = batch * seq tokens, h hidden, i MLP width, kv key/value width, H heads, V vocabulary,
+    b bytes per number in the compute dtype). Per decoder layer:
+      attention: q, k, v after rotary and the attention output, T (2h + 2kv) b; SDPA's float32
+        log-sum-exp, T H 4;
+      two RMSNorms: each keeps its float32 input (transformers upcasts) and 1 / rms, 4 T h + 4 T;
+      MLP: the gate and up outputs and SiLU(gate), 3 T i b;
+      inputs of trained matrices (for dW, or for LoRA's A): T h b for q/k/v, T h b for gate/up, T i b
+        for down (o_proj's input is the attention output, kept already); LoRA also keeps A x, T r b
+        per adapter; full fine-tuning keeps both normalised outputs, 2 T h b (the norm weights train).
+    Kept during the step: every layer's tensors, or with gradient checkpointing only each layer's
+    input, T h b; plus the final RMSNorm (and, full, lm_head's input); without checkpointing, LoRA's
+    first RMSNorm keeps nothing, as nothing before it needs a gradient.
     On top, the larger of two moments: the loss, when the float32 log-softmax over the vocabulary,
-    its gradient and the logits' gradient (3 T V 4) are alive together; and one layer's work, when
-    the recomputed layer (checkpointing) sits with the MLP's backward gradients (3 T i b + 2 T h b)
-    or, for QLoRA, with the largest weight dequantized to the compute dtype and its float32 absmax.
+    its gradient and the logits' gradient are alive together, 3 T V 4; and one layer's work, when
+    (with checkpointing) the recomputed layer sits with two (T, i) gradients of the MLP's backward,
+    or, for QLoRA, with the largest weight dequantized to the compute dtype, its output and absmax.
     """
-    T, h, i, V = knobs["batch_size"] * knobs["seq_len"], config.hidden_size, config.intermediate_size, config.vocab_size
+    T, L = knobs["batch_size"] * knobs["seq_len"], config.num_hidden_layers
+    h, i, V, H = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_attention_heads
     shapes = linear_shapes(config)
-    kv = shapes["k_proj"][0]
-    if knobs["method"] == "full":
-        trained = set(shapes)
-    else:
-        trained = set(check_targets(knobs["lora_targets"]))
-    layer = T * (2 * h + 2 * kv) * b + T * config.num_attention_heads * 4 + 2 * (4 * T * h + 4 * T) + 3 * T * i * b
-    layer += T * h * b * bool(trained & {"q_proj", "k_proj", "v_proj"}) + T * h * b * bool(trained & {"gate_proj",
-                                                                                              "up_proj"})
-    layer += T * i * b * ("down_proj" in trained)
-    layer += 2 * T * h * b if knobs["method"] == "full" else len(trained) * T * knobs["lora_r"] * b
+    full = knobs["method"] == "full"
+    trained = set(shapes) if full else set(check_targets(knobs["lora_targets"]))
+    attention = T * (2 * h + 2 * shapes["k_proj"][0]) * b + T * H * 4
+    norm = 4 * T * h + 4 * T
+    mlp = 3 * T * i * b
+    inputs = T * h * b * (bool(trained & {"q_proj", "k_proj", "v_proj"}) + bool(trained & {"gate_proj", "up_proj"}))
+    inputs += T * i * b * ("down_proj" in trained)
+    extra = 2 * T * h * b if full else len(trained) * T * knobs["lora_r"] * b
+    layer = attention + 2 * norm + mlp + inputs + extra
     checkpointing = knobs["gradient_checkpointing"]
-    kept = config.num_hidden_layers * (T * h * b if checkpointing else layer)
-    kept += 4 * T * h + 4 * T + (2 * T * h * b if knobs["method"] == "full" else 0)  # the last RMSNorm (and lm_head)
-    if knobs["method"] != "full" and not checkpointing:
-        kept -= 4 * T * h + 4 * T  # the first RMSNorm keeps nothing: nothing before it is trained
+    kept = L * (T * h * b if checkpointing else layer) + norm + (2 * T * h * b if full else 0)
+    if not full and not checkpointing:
+        kept -= norm
     work = 2 * T * i * b
     if knobs["method"] == "qlora":
         n = max(out * inp for out, inp in shapes.values())
@@ -146,9 +148,11 @@ def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "f
       ``NF4Linear`` holds them; adapters = P b (LoRA, QLoRA); gradients = P b; optimizer: AdamW 2 P b,
       8-bit AdamW about 2 P, SGD 0; activations: see ``_activation_bytes``.
       total = weights + quant_constants + adapters + optimizer + max(activations, gradients + step),
-      because the backward pass frees activations as it makes gradients, the optimizer state stays
-      from one step to the next, and AdamW's step (torch, foreach=False) briefly holds two more
-      copies of its largest trained tensor (sqrt(v) and its quotient, torch.optim.adam._single_tensor_adam).
+      because the backward pass frees activations as it makes gradients and the optimizer state stays
+      from one step to the next. step: torch's AdamW (foreach=False) updates one tensor at a time
+      and holds sqrt(v) and sqrt(v) / c for it while the previous tensor's denominator is still
+      referenced, max over consecutive trained tensors of (previous + 2 current) b
+      (torch.optim.adam._single_tensor_adam); 8-bit AdamW and SGD update in place, step = 0.
     Shapes: scalars only.
     Example: ``estimate_training_memory(13_000_000_000).total -> 208e9`` (52 + 52 + 104 GB).
     """
@@ -160,22 +164,21 @@ def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "f
         if model not in MODEL_NAMES:
             raise ValueError(f"model {model!r} is not a known model name; choose from {', '.join(MODEL_NAMES)}")
         model = model_config(model)
-    if isinstance(model, bool) or not isinstance(model, (int, str)) and type(model).__name__ != "LlamaConfig":
-        raise TypeError(f"model must be a parameter count, a LlamaConfig or a model name, got {type(model).__name__}")
-    if isinstance(model, int):
+    if isinstance(model, int) and not isinstance(model, bool):
         _positive_int("model", model)
         if method != "full":
             raise ValueError(f"method={method!r} needs the model's shapes: pass a LlamaConfig or a name such as "
                              f"'llama-13b' as model, not a parameter count")
         return MemoryBreakdown(model * b, 0, 0, model * b, _optimizer_bytes([model], b, optimizer), 0,
                                model * b + _optimizer_bytes([model], b, optimizer) + model * b)
-    config = check_config(model)
+    config = check_config(model, "model")
     counts = count_parameters(config)
     shapes = linear_shapes(config)
     layers = config.num_hidden_layers
     embedding, h = config.vocab_size * config.hidden_size, config.hidden_size
     # trained tensors in the order the optimizer sees them (model.parameters())
-    sizes = [embedding] + ([out * inp for out, inp in shapes.values()] + [h, h]) * layers + [h, embedding]
+    sizes = [embedding] + ([out * inp for out, inp in shapes.values()] + [h, h]) * layers + [h]
+    sizes += [] if config.tie_word_embeddings else [embedding]
     weights, constants, adapters = sum(counts.values()) * b, 0, 0
     if method == "qlora":
         packed = [_nf4_bytes(out, inp, blocksize, double_quant) for out, inp in shapes.values()]
@@ -188,9 +191,8 @@ def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "f
         adapters = sum(sizes) * b
     gradients = sum(sizes) * b
     state = _optimizer_bytes(sizes, b, optimizer)
-    # AdamW's loop: sqrt(v) and sqrt(v) / c for this tensor while ``denom`` still holds the previous tensor's
     step = max(before + 2 * n for before, n in zip([0, *sizes[:-1]], sizes, strict=True)) * b
-    step = step if optimizer == "adamw" else 0
+    step = step if optimizer == "adamw" else 0  # AdamW's temporaries; the others update in place
     activations = _activation_bytes(config, knobs, b)
     total = weights + constants + adapters + state + max(activations, gradients + step)
     return MemoryBreakdown(weights, constants, adapters, gradients, state, activations, total)

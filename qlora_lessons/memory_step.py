@@ -16,6 +16,7 @@ Left out: dropout (LoRA dropout 0), padding and attention masks, gradient accumu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from typing import TYPE_CHECKING
@@ -41,7 +42,9 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
     full: every parameter of ``LlamaForCausalLM`` in ``weight_dtype`` is trained. lora: the base is
     frozen and peft adds rank-``lora_r`` adapters to ``lora_targets``. qlora: as lora, and every
     linear layer of the decoder layers is replaced by an ``NF4Linear`` (lm_head and embeddings stay
-    in ``weight_dtype``, as bitsandbytes leaves them).
+    in ``weight_dtype``, as bitsandbytes leaves them). Gradient checkpointing is transformers' own
+    (non-reentrant), which also makes the embedding output require a gradient.
+    Example: ``build_training_model(model_config("llama-7b"), method="lora", ..., device="meta")``.
     """
     from transformers import LlamaForCausalLM
 
@@ -55,7 +58,8 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
         enable({"use_reentrant": False})
     if method == "full":
         return model
-    LoraConfig, get_peft_model = _import_peft()
+    with _quiet_bitsandbytes():
+        from peft import LoraConfig, get_peft_model
 
     targets = check_targets(lora_targets)
     lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=list(targets))
@@ -69,17 +73,17 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
     return model
 
 
-def _import_peft():
-    """peft's LoraConfig and get_peft_model. Importing peft imports bitsandbytes, whose CPU backend logs a
-    warning about an optional kernel package on CPUs with AVX-512 BF16; nothing here uses that kernel."""
+@contextlib.contextmanager
+def _quiet_bitsandbytes():
+    """Importing bitsandbytes (peft imports it too) logs a warning about an optional kernel package on CPUs
+    with AVX-512 BF16; nothing here uses that kernel, so its import is kept quiet."""
     logger = logging.getLogger("bitsandbytes")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        from peft import LoraConfig, get_peft_model
+        yield
     finally:
         logger.setLevel(level)
-    return LoraConfig, get_peft_model
 
 
 def materialize_fake(model: nn.Module) -> None:
@@ -104,14 +108,14 @@ def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.opti
     if optimizer == "adamw8bit":
         if traced:
             return AdamW8bitState(trainable, lr=1e-4)
-        import bitsandbytes as bnb
-
+        with _quiet_bitsandbytes():
+            import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(trainable, lr=1e-4)
     return torch.optim.AdamW(trainable, lr=1e-4, foreach=False)
 
 
 def run_training_steps(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
-                    between=None, before_step=None) -> None:
+                       between=None, before_step=None) -> None:
     """Two steps of forward, backward, optimizer step; ``between()`` runs after the first step.
 
     The first step creates the optimizer state, the second shows what every later step holds.
@@ -140,12 +144,17 @@ def one_sequence():
 
 
 def count_model_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the model's tensors: weights (parameters and buffers), quant_constants (of NF4Linear), adapters."""
+    """Bytes of the model's tensors: weights (parameters and buffers), quant_constants (of NF4Linear), adapters.
+
+    A tensor shared by two modules (tied input and output embeddings) is counted once.
+    """
     parts = {"weights": 0, "quant_constants": 0, "adapters": 0}
+    seen: set[int] = set()
     for module_name, module in model.named_modules():
         for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
-            if tensor is None:
+            if tensor is None or id(tensor) in seen:
                 continue
+            seen.add(id(tensor))
             n_bytes = tensor.numel() * tensor.element_size()
             if isinstance(module, NF4Linear) and name in QUANT_BUFFERS:
                 parts["quant_constants"] += n_bytes

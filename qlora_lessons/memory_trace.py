@@ -1,22 +1,20 @@
-"""Memory of fine-tuning, part 3: trace a real training step with fake tensors, or measure it on a GPU.
+"""Memory of fine-tuning, part 4: trace a real training step with fake tensors, or measure it on a GPU.
 
-``trace_training_memory`` builds the real architecture (transformers' ``LlamaForCausalLM``, peft's
-LoRA, a 4-bit base made of ``NF4Linear`` layers for QLoRA) out of fake tensors: tensors with a
-shape, a dtype and a device but no memory (``torch._subclasses.fake_tensor.FakeTensorMode``). It
-runs two training steps (forward, backward, optimizer step; the first step creates the optimizer
-state, the second is what every later step looks like) under torch's memory tracker
-(``torch.distributed._tools.mem_tracker.MemTracker``), which adds up the bytes of every tensor
-alive at each moment. So a laptop "runs" a 65B step in seconds. ``measure_training_memory`` runs
-the same two steps with real tensors on a CUDA GPU and reads ``torch.cuda.max_memory_allocated``.
+``trace_training_memory`` builds the model of ``memory_step`` (transformers' ``LlamaForCausalLM``,
+peft's LoRA, ``NF4Linear`` base layers for QLoRA) out of fake tensors: tensors with a shape, a
+dtype and a device but no memory (``torch._subclasses.fake_tensor.FakeTensorMode``). It runs two
+training steps (the first creates the optimizer state, the second is what every later step looks
+like) under torch's memory tracker (``torch.distributed._tools.mem_tracker.MemTracker``), which adds
+up the bytes of every tensor alive after each operation. So a laptop "runs" a 65B step: all 80
+layers in about a minute on two cores, or 1 and 2 layers extended to 80 in seconds.
+``measure_training_memory`` runs the same two steps with real tensors on a CUDA GPU and reads
+``torch.cuda.max_memory_allocated``.
 
-Settings shared by both: batch of random token ids with labels = inputs; attention "sdpa" (the
-transformers default, which never stores the (T, T) attention matrix); no KV cache; non-reentrant
-gradient checkpointing; torch's AdamW with ``foreach=False`` (its default on CUDA, ``foreach=True``,
-holds one more copy of the trainable parameters during the step); LoRA adapters in the weight dtype
-(peft's ``autocast_adapter_dtype=False``, as the QLoRA reference code casts them).
-
-Left out: the CUDA caching allocator's rounding (fake tensors count exact bytes) and memory outside
-tensors (CUDA context, cuBLAS workspaces), which ``measure_training_memory`` sees and a trace does not.
+Left out: the CUDA caching allocator's rounding to 512-byte blocks and cuBLAS workspaces, which a
+measurement counts and a trace does not (fake tensors count exact bytes), and the CUDA context (a
+few hundred MB), which neither counts but a GPU holds. One difference the other way: with
+checkpointing and a frozen embedding, MemTracker's module hooks keep the embedding output of the
+first step and its gradient (2 T h b) alive into the second.
 """
 
 from __future__ import annotations
@@ -156,9 +154,11 @@ def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_d
     weights, quant_constants, adapters from the model's tensors; gradients at their largest;
     optimizer state after the step; activations: the largest amount of forward-saved tensors and
     backward temporaries at any moment. ``total``: the most bytes alive at any moment.
-    ``traced_layers=k`` traces k and k + 1 decoder layers and extends every part linearly to the
-    config's depth (the layers are identical, so each adds the same bytes: X(L) = X(k) + (L - k)
-    (X(k+1) - X(k))); ``None`` traces every layer, which takes longer.
+    ``traced_layers=k`` traces k and k + 1 decoder layers and extends each part, and the peak of
+    each phase (forward and backward passes; optimizer steps), linearly to the config's depth: the
+    layers are identical, so each adds the same bytes, X(L) = X(k) + (L - k) (X(k+1) - X(k)). The
+    peak is the larger phase at depth L, which need not be the larger one at depth k. ``None``
+    traces every layer, which takes longer.
     Shapes: input_ids (batch_size, seq_len) of random token ids.
     Example: ``trace_training_memory(model_config("llama-7b")).total -> about 108.9e9`` bytes.
     """
@@ -168,13 +168,12 @@ def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_d
     check_config(config, "config")
     if method != "full":
         count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against the targeted matrices
+    if traced_layers is not None and (not isinstance(traced_layers, int) or isinstance(traced_layers, bool)
+                                      or traced_layers < 1):
+        raise ValueError(f"traced_layers must be a positive int or None, got {traced_layers!r}")
     depth = config.num_hidden_layers
     if traced_layers is None or traced_layers >= depth:
-        if traced_layers is not None and (not isinstance(traced_layers, int) or traced_layers < 1):
-            raise ValueError(f"traced_layers must be a positive int or None, got {traced_layers!r}")
         return _trace_depth(config, knobs)[0]
-    if not isinstance(traced_layers, int) or isinstance(traced_layers, bool) or traced_layers < 1:
-        raise ValueError(f"traced_layers must be a positive int or None, got {traced_layers!r}")
     (small, small_peaks), (large, large_peaks) = (_trace_depth(_with_layers(config, k), knobs)
                                                   for k in (traced_layers, traced_layers + 1))
     extra = depth - traced_layers

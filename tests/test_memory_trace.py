@@ -127,3 +127,14 @@ def test_measured_peak_agrees_with_the_trace(method):
     trace = trace_training_memory(config, **setting)
     assert measured.weights == trace.weights and measured.optimizer == pytest.approx(trace.optimizer, rel=0.01)
     assert measured.total == pytest.approx(trace.total, rel=0.10)
+
+
+@pytest.mark.parametrize("shape, method", [(dict(tie_word_embeddings=True), "full"),
+                                           (dict(num_key_value_heads=2), "qlora")])
+def test_estimate_agrees_with_the_trace_on_tied_embeddings_and_grouped_query_attention(shape, method):
+    config = LlamaConfig(**TINY, num_hidden_layers=2, **shape)
+    setting = dict(method=method, lora_targets="all-linear", seq_len=256)
+    estimate, trace = estimate_training_memory(config, **setting), trace_training_memory(config, **setting)
+    for part in ("weights", "gradients", "optimizer", "quant_constants", "adapters"):
+        assert getattr(estimate, part) == pytest.approx(getattr(trace, part), rel=0.01), part
+    assert estimate.total == pytest.approx(trace.total, rel=0.10)
