@@ -2,7 +2,7 @@
 
 Run by hand:  python benchmarks/bench_memory_trace.py  [--layers-only]
 
-Setting (QLoRA paper, section 4 and Appendix: 65B on one 48 GB GPU): NF4 with double quantization
+Setting (the QLoRA paper fine-tunes 65B on one 48 GB GPU this way): NF4 with double quantization
 (blocksize 64), LoRA rank 64 on all linear layers, bfloat16 compute and adapters, AdamW, batch 1 of
 512 tokens, gradient checkpointing. Targets: the traced peak of the full 80-layer model is below
 48e9 bytes, and the trace takes less than 5 minutes on 2 CPU cores. Also printed: the trace of 1

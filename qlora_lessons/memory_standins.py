@@ -12,6 +12,10 @@ kernels allocate:
 - ``AdamW8bitState``: the state of ``bitsandbytes.optim.AdamW8bit`` (uint8 codes and a float32
   absmax per 256 values for both moments), allocated at the first step.
 
+Importing this module registers two torch operators, ``qlora_lessons::dequantize_nf4`` and
+``qlora_lessons::dequantize_absmax``, each with a fake version that allocates only its output, as
+bitsandbytes' dequantization kernels do.
+
 Left out: FP4 (same bytes as NF4) and the quantizer itself (lesson 05 builds it; here the values
 are loaded from bitsandbytes with ``NF4Linear.from_quant_state`` or left at zero, since a memory
 trace needs shapes, not values).

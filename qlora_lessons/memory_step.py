@@ -104,7 +104,7 @@ def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.opti
     (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=1e-4)
+        return torch.optim.SGD(trainable, lr=1e-4, foreach=False)
     if optimizer == "adamw8bit":
         if traced:
             return AdamW8bitState(trainable, lr=1e-4)
