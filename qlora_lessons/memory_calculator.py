@@ -28,10 +28,9 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
                           title: str | None = None):
     """One stacked bar per breakdown (GB), a black tick at its peak (``total``), dashed lines at GPU sizes.
 
-    The lines are the ``budgets_gb`` below the tallest bar and the first one above it.
-
     The bar is every part held at once; the tick is lower when activations and gradients do not
-    coexist (the backward pass frees one as it makes the other). Returns the matplotlib Axes.
+    coexist (the backward pass frees one as it makes the other). The dashed lines are the
+    ``budgets_gb`` below the tallest bar and the first one above it. Returns the matplotlib Axes.
     Example: ``plot_memory_breakdown({"full": estimate_training_memory("llama-13b")})``.
     """
     if not isinstance(breakdowns, dict) or not breakdowns:

@@ -49,9 +49,9 @@ def _dequantize_nf4(packed: Tensor, absmax: Tensor, code: Tensor, rows: int, col
     step = blocksize * _CHUNK_BLOCKS  # a multiple of the blocksize, and even
     for start in range(0, n, step):
         stop = min(n, start + step)
-        pairs = flat[start // 2:(stop + 1) // 2]
-        q = torch.stack((pairs >> 4, pairs & 15), dim=1).reshape(-1)[:stop - start]  # first value: high nibble
-        scale = absmax[start // blocksize:math.ceil(stop / blocksize)].repeat_interleave(blocksize)
+        pairs = flat[start // 2:(stop + 1) // 2]  # (m,) bytes holding two codes each
+        q = torch.stack((pairs >> 4, pairs & 15), dim=1).reshape(-1)[:stop - start]  # (stop - start,); high first
+        scale = absmax[start // blocksize:math.ceil(stop / blocksize)].repeat_interleave(blocksize)  # (>= stop-start,)
         out[start:stop] = (code[q.long()] * scale[:stop - start]).to(dtype)  # float32 product, as bitsandbytes
     return out.reshape(rows, cols)
 
