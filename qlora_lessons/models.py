@@ -89,7 +89,7 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
     return model, tokenizer
 
 
-def count_parameters(model: torch.nn.Module) -> int:
+def count_model_parameters(model: torch.nn.Module) -> int:
     """Number of parameters as the model was built (a 4-bit weight of n values counts n, not n / 2 bytes)."""
     total = 0
     for parameter in model.parameters():
