@@ -31,7 +31,14 @@ from qlora_lessons.nf4 import (
 )
 from qlora_lessons.nf4_bitsandbytes import from_bitsandbytes, to_bitsandbytes, to_linear4bit
 from qlora_lessons.nf4_kernels import CHUNK
-from qlora_lessons.nf4_plots import code_explorer, explain_value, plot_code_levels
+from qlora_lessons.nf4_plots import (
+    code_explorer,
+    explain_value,
+    plot_code_comparison,
+    plot_code_levels,
+    plot_dequantized_vs_absmax,
+    plot_value_lookup,
+)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -337,6 +344,23 @@ def test_plot_and_widget_draw_the_sixteen_levels():
     block, _, quant_type, caption, _ = widget.children
     block.value, quant_type.value = 2, "int4"
     assert caption.value.startswith("<code>block 2, value 0")
+
+
+def test_comparison_lookup_and_absmax_figures():
+    w = torch.randn(5, 64)
+    fig = plot_code_comparison(blockwise_absmax_scale(w, 64)[1])
+    assert [ax.get_title() for ax in fig.axes] == ["INT4", "FP4", "NF4"] and all(len(ax.lines) == 16 for ax in fig.axes)
+    fig = plot_value_lookup(w, 3, 5, quant_type="fp4")
+    found = explain_value(w, 3, 5, quant_type="fp4")
+    assert len(fig.axes[0].lines) == 17 and f"code {found.code}" in fig.axes[0].get_title()
+    assert fig.axes[0].lines[-1].get_xdata()[0] == pytest.approx(found.value)
+    absmax = torch.linspace(1, 2, 5)
+    fig = plot_dequantized_vs_absmax(-0.7, absmax, {"nf4": -absmax, "int4": -absmax / 2}, target=-0.75)
+    assert len(fig.axes[0].lines) == 4  # two curves, the value and the target
+    with pytest.raises(ValueError, match="shape"):
+        plot_dequantized_vs_absmax(-0.7, absmax, {"nf4": absmax[:2]})
+    with pytest.raises(ValueError, match="quant_types"):
+        plot_code_comparison(w, ())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to compare with bitsandbytes' CUDA kernels")
