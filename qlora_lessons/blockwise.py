@@ -154,8 +154,10 @@ def quantization_error(w: torch.Tensor, w_hat: torch.Tensor) -> QuantError:
     if w.shape != w_hat.shape:
         raise ValueError(f"w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}")
     check_float_tensor(w, "w")
-    diff = w.double() - w_hat.double()
-    mse = float(diff.pow(2).mean())
-    signal = float(w.double().pow(2).mean())
+    w64 = w.detach().to(torch.float64, copy=True)  # a copy: squared in place below
+    diff = (w_hat.detach().double() - w64).abs_()  # |w - w_hat| in float64
+    max_abs_error = float(diff.max())
+    mse = float(diff.square_().mean())
+    signal = float(w64.square_().mean())
     snr_db = math.inf if mse == 0 else 10 * math.log10(signal / mse) if signal > 0 else -math.inf
-    return QuantError(mse, snr_db, float(diff.abs().max()))
+    return QuantError(mse, snr_db, max_abs_error)

@@ -93,7 +93,7 @@ def plot_dequantized_vs_absmax(value: float, absmax: torch.Tensor, dequantized: 
     if target is not None:
         ax.axhline(target, color="tab:red", linewidth=0.8, linestyle=":", label=f"{target:g}")
     ax.set(xlabel="absmax of the block", ylabel="dequantized value", title=f"{value:g} after 4-bit quantization")
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.close(fig)
     return fig
 

@@ -1,4 +1,5 @@
-"""Tests of qlora_lessons.blockwise.quantize_int / dequantize_int, the textbook absmax integer codes.
+"""Tests of qlora_lessons.blockwise: quantize_int / dequantize_int (the textbook absmax integer codes) and
+quantization_error.
 
 (The blockwise scaling and nearest-level search that nf4 and double_quant build on are tested, against
 bitsandbytes, in tests/test_nf4.py and tests/test_double_quant.py.)
@@ -6,13 +7,15 @@ bitsandbytes, in tests/test_nf4.py and tests/test_double_quant.py.)
 
 from __future__ import annotations
 
+import math
+
 import bitsandbytes.functional as bnb
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlora_lessons.blockwise import dequantize_int, quantize_int
+from qlora_lessons.blockwise import dequantize_int, quantization_error, quantize_int
 from qlora_lessons.nf4 import dequantize_4bit, int4_code, quantize_4bit, unpack_4bit
 
 
@@ -85,3 +88,18 @@ def test_bad_inputs_are_refused():
         dequantize_int(q.float(), absmax)
     with pytest.raises(ValueError, match="blocksize"):
         dequantize_int(q, absmax, blocksize="4")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       hat_dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_quantization_error_is_the_float64_formula_and_leaves_its_inputs_alone(n, dtype, hat_dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=generator).to(dtype)
+    w_hat = (w.double() + 0.01 * torch.randn(n, generator=generator, dtype=torch.float64)).to(hat_dtype)
+    w_before, w_hat_before = w.clone(), w_hat.clone()
+    error = quantization_error(w, w_hat)
+    diff = w.double() - w_hat.double()
+    assert error.mse == float(diff.pow(2).mean()) and error.max_abs_error == float(diff.abs().max())
+    assert error.snr_db == pytest.approx(10 * math.log10(float(w.double().pow(2).mean()) / error.mse), rel=1e-12)
+    assert torch.equal(w, w_before) and torch.equal(w_hat, w_hat_before)
