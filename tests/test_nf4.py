@@ -30,7 +30,7 @@ from qlora_lessons.nf4 import (
     unpack_4bit,
 )
 from qlora_lessons.nf4_bitsandbytes import from_bitsandbytes, to_bitsandbytes, to_linear4bit
-from qlora_lessons.nf4_kernels import CHUNK
+from qlora_lessons.nf4_kernels import CHUNK, for_each_chunk
 from qlora_lessons.nf4_plots import (
     code_explorer,
     explain_value,
@@ -115,6 +115,38 @@ def test_quantize_matches_bitsandbytes_across_many_chunks(dtype):
     packed, state = quantize_4bit(w, 64, "nf4")
     packed_ref, state_ref = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
     assert torch.equal(packed, packed_ref.view(-1)) and torch.equal(state.absmax, state_ref.absmax)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_across_many_chunks_is_code_times_absmax_on_any_number_of_threads(dtype, threads):
+    """The chunked, threaded dequantization gives exactly the textbook w = code[q] * absmax, cast once."""
+    torch.manual_seed(4)
+    w = torch.randn(5 * CHUNK + 4 * 64 + 37).to(dtype)  # 5 chunks, a few full blocks more, a partial block
+    packed, state = quantize_4bit(w, 64, "nf4")
+    q = unpack_4bit(packed, w.numel()).long()
+    textbook = (state.code[q] * state.absmax.repeat_interleave(64)[: w.numel()]).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(dequantize_4bit(packed, state), textbook)
+        assert torch.equal(quantize_4bit(w, 64, "nf4")[0], packed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_for_each_chunk_visits_every_chunk_once():
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            for n_chunks in (1, 2, 5, 7):
+                seen.clear()
+                for_each_chunk(seen.append, n_chunks * CHUNK - 3)
+                assert sorted(seen) == [i * CHUNK for i in range(n_chunks)]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_parameter_and_a_transposed_view_quantize_like_bitsandbytes():
