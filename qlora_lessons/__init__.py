@@ -3,7 +3,7 @@
 One module per concept, in lesson order; each is importable on its own. This file only re-exports.
 """
 
-from qlora_lessons.blockwise import QuantError, quantization_error
+from qlora_lessons.blockwise import QuantError, dequantize_int, quantization_error, quantize_int
 from qlora_lessons.course import LESSONS, Lesson
 from qlora_lessons.double_quant import (
     Blockwise8bitState,
@@ -104,4 +104,6 @@ __all__ = [
     # paged optimizers (lesson 07)
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
+    # absmax integer codes (lesson 05)
+    "dequantize_int", "quantize_int",
 ]

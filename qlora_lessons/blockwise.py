@@ -3,6 +3,8 @@
 A tensor is flattened and cut into blocks of ``blocksize`` consecutive values. Each block is divided
 by its absolute maximum ``absmax`` (so it lies in [-1, 1]), and each scaled value is replaced by the
 index of the nearest level of a sorted code. One outlier then only coarsens its own block.
+``quantize_int`` / ``dequantize_int`` are the textbook absmax integer codes (int8, int4) that lesson 05
+starts from.
 ``nf4`` (16 levels) and ``double_quant`` (256 levels) both build on these two steps;
 ``quantization_error`` measures what they lose.
 
@@ -75,6 +77,57 @@ def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(scaled, midpoints, right=False)
 
 
+def quantize_int(x: torch.Tensor, bits: int = 8, blocksize: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax integer quantization: the textbook int8 (or int4) code, one absmax per block.
+
+    Equation: q_i = round(x_i * (qmax / absmax_b)), qmax = 2^(bits - 1) - 1 (127 for 8 bits, 7 for 4 bits),
+    absmax_b = max |x| over block b (the whole tensor when blocksize is None); an all-zero block gives q = 0.
+    torch.round sends halves to the even integer; ``nf4.quantize_4bit(quant_type="int4")`` (levels k / 7)
+    sends a value on a midpoint to the lower level instead, so the two differ only on exact midpoints.
+    Source: LLM.int8() (Dettmers et al. 2022), section 2 (absmax quantization).
+    Shapes: x (any, n elements) -> q int8 (x's shape), absmax float32 (ceil(n / blocksize),) or (1,).
+    Example: ``quantize_int(torch.tensor([0.5, -1.0, 0.25]), bits=8)`` -> q [64, -127, 32], absmax [1.0].
+    """
+    check_float_tensor(x)
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    n = x.numel()
+    if blocksize is not None and (not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize < 1):
+        raise ValueError(f"blocksize must be a positive int or None (one block), got {blocksize!r}")
+    blocksize = n if blocksize is None else blocksize
+    flat = x.detach().reshape(-1).float()
+    padded = torch.cat([flat, flat.new_zeros(-n % blocksize)]).view(-1, blocksize)  # (n_blocks, blocksize)
+    absmax = padded.abs().amax(dim=1)
+    if not bool(torch.isfinite(absmax).all()):
+        raise ValueError("x holds NaN or inf; quantization needs finite values")
+    qmax = 2 ** (bits - 1) - 1
+    scale = torch.where(absmax > 0, qmax / absmax, torch.zeros_like(absmax)).unsqueeze(1)  # (n_blocks, 1)
+    q = torch.round(padded * scale).to(torch.int8)
+    return q.view(-1)[:n].view(x.shape), absmax
+
+
+def dequantize_int(q: torch.Tensor, absmax: torch.Tensor, bits: int = 8, blocksize: int | None = None) -> torch.Tensor:
+    """Undo ``quantize_int``: x_i = q_i * absmax_b / qmax, in float32, qmax = 2^(bits - 1) - 1.
+
+    Shapes: q int8 (any, n elements), absmax (ceil(n / blocksize),) -> float32 of q's shape.
+    Example: ``dequantize_int(torch.tensor([64, -127, 32], dtype=torch.int8), torch.tensor([1.0]))``
+    -> [0.50394, -1.0, 0.25197].
+    """
+    if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
+        raise TypeError(f"q must be an int8 tensor, got {getattr(q, 'dtype', type(q).__name__)}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
+    if not isinstance(absmax, torch.Tensor):
+        raise TypeError(f"absmax must be a tensor, got {type(absmax).__name__}")
+    n = q.numel()
+    blocksize = n if blocksize is None else blocksize
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize < 1:
+        raise ValueError(f"blocksize must be a positive int or None (one block), got {blocksize!r}")
+    if absmax.numel() != -(-n // blocksize):
+        raise ValueError(f"absmax has {absmax.numel()} values; {n} values in blocks of {blocksize} need "
+                         f"{-(-n // blocksize)}")
+    scale = absmax.float().repeat_interleave(blocksize)[:n] / (2 ** (bits - 1) - 1)  # (n,)
+    return (q.reshape(-1).float() * scale).view(q.shape)
 
 
 @dataclass(frozen=True)
@@ -101,8 +154,10 @@ def quantization_error(w: torch.Tensor, w_hat: torch.Tensor) -> QuantError:
     if w.shape != w_hat.shape:
         raise ValueError(f"w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}")
     check_float_tensor(w, "w")
-    diff = w.double() - w_hat.double()
-    mse = float(diff.pow(2).mean())
-    signal = float(w.double().pow(2).mean())
+    w64 = w.detach().to(torch.float64, copy=True)  # a copy: squared in place below
+    diff = (w_hat.detach().double() - w64).abs_()  # |w - w_hat| in float64
+    max_abs_error = float(diff.max())
+    mse = float(diff.square_().mean())
+    signal = float(w64.square_().mean())
     snr_db = math.inf if mse == 0 else 10 * math.log10(signal / mse) if signal > 0 else -math.inf
-    return QuantError(mse, snr_db, float(diff.abs().max()))
+    return QuantError(mse, snr_db, max_abs_error)

@@ -10,7 +10,8 @@ bitsandbytes) in three ways that a CPU likes better:
 - **Chunks.** The tensor is processed 2^15 values at a time, a whole number of blocks, so the
   temporaries stay in the CPU cache instead of travelling to memory and back. torch runs an op this
   small on one thread (its parallel grain size is 2^15), so the chunks themselves are spread over
-  ``torch.get_num_threads()`` Python threads: no thread waits at a barrier after every small op.
+  ``torch.get_num_threads()`` Python threads, each taking one contiguous run of chunks: no thread
+  waits at a barrier after every small op.
 - **A lookup table instead of a search.** The top 16 bits of a float32 (sign, exponent and 7 mantissa
   bits) split [-1, 1] into 65,536 narrow intervals. 4-bit levels are far apart, so each interval
   holds at most one midpoint between levels. For every interval we store ``base`` (how many midpoints
@@ -80,15 +81,27 @@ def nearest_levels(scaled: torch.Tensor, table: LevelTable) -> torch.Tensor:
 
 
 def for_each_chunk(work, n: int) -> None:
-    """Call work(start) for start = 0, CHUNK, 2 CHUNK, ... < n, on torch's number of threads."""
+    """Call work(start) for start = 0, CHUNK, 2 CHUNK, ... < n, on torch's number of threads.
+
+    Each thread gets one contiguous run of chunks (the chunks are equal work), so there is one task per
+    thread instead of one per chunk, and each thread writes its own stretch of memory.
+    Example: n = 5 CHUNK on 2 threads -> one thread does starts 0, 1, 2 (x CHUNK), the other 3, 4.
+    """
     starts = range(0, n, CHUNK)
     workers = min(torch.get_num_threads(), len(starts))
     if workers <= 1:
         for start in starts:
             work(start)
         return
+    per_worker = -(-len(starts) // workers)  # ceil
+    runs = [starts[i * per_worker: (i + 1) * per_worker] for i in range(workers)]
+
+    def run(starts_of_one_worker: range) -> None:
+        for start in starts_of_one_worker:
+            work(start)
+
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(work, starts):  # re-raises the first error of any chunk
+        for _ in pool.map(run, runs):  # re-raises the first error of any chunk
             pass
 
 

@@ -3,8 +3,11 @@
 - ``plot_code_levels(values, code, absmax)``: a histogram of values with the 16 levels of a 4-bit code,
   scaled by absmax, drawn on it. NF4 puts its levels where a normal distribution puts its mass; INT4
   spaces them evenly; FP4 crowds them near zero.
+- ``plot_code_comparison(scaled)``: the same histogram once per code (INT4, FP4, NF4), side by side.
 - ``explain_value(w, block, index)``: everything about one weight: its block's absmax, the scaled value,
-  its 4-bit code, the level it is rounded to, and the error; ``code_explorer(w)`` is the same as a widget.
+  its 4-bit code, the level it is rounded to, and the error; ``plot_value_lookup`` draws it and
+  ``code_explorer(w)`` is the same as a widget.
+- ``plot_dequantized_vs_absmax``: what one value comes back as, as its block's absmax changes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,58 @@ def plot_code_levels(values: torch.Tensor, code: torch.Tensor, absmax: float = 1
         ax.axvline(level, color="tab:red", linewidth=0.8)
     ax.set(xlabel="value", ylabel="count", xlim=(-1.05 * absmax, 1.05 * absmax),
            title=title or f"{code.numel()} levels x absmax {absmax:.3g}")
+    plt.close(fig)
+    return fig
+
+
+def plot_code_comparison(scaled: torch.Tensor, quant_types: tuple[str, ...] = ("int4", "fp4", "nf4"),
+                         title: str = "", bins: int = 100):
+    """One panel per code: the histogram of values already scaled into [-1, 1], with that code's levels.
+
+    Shapes: scaled (any) values in [-1, 1] (e.g. w / absmax of its block) -> a figure with len(quant_types) panels.
+    Example: ``plot_code_comparison(blockwise_absmax_scale(torch.randn(4096), 64)[1])``.
+    """
+    import matplotlib.pyplot as plt
+
+    check_float_tensor(scaled, "scaled")
+    if not isinstance(quant_types, (tuple, list)) or not quant_types:
+        raise ValueError(f"quant_types must be a non-empty tuple of code names, got {quant_types!r}")
+    fig, axes = plt.subplots(1, len(quant_types), figsize=(3.2 * len(quant_types), 2.4), sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, quant_type in zip(axes[0], quant_types, strict=True):
+        plot_code_levels(scaled, code_for(quant_type), 1.0, title=quant_type.upper(), bins=bins, ax=ax)
+        ax.set_ylabel("")
+    axes[0][0].set_ylabel("count")
+    if title:
+        fig.suptitle(title)
+    plt.close(fig)
+    return fig
+
+
+def plot_dequantized_vs_absmax(value: float, absmax: torch.Tensor, dequantized: dict[str, torch.Tensor],
+                               target: float | None = None):
+    """What one value comes back as after 4-bit quantization, against the absmax of its block.
+
+    Equation: each curve is level(value / absmax) * absmax: straight pieces (one level each) with jumps
+    where value / absmax crosses a midpoint between levels.
+    Shapes: absmax (k,), each dequantized[name] (k,) -> a figure.
+    Example: ``plot_dequantized_vs_absmax(-0.765432, a, {"nf4": w_hat}, target=-0.75)``.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(dequantized, dict) or not dequantized:
+        raise ValueError("dequantized must be a non-empty dict {code name: (k,) values}")
+    for name, values in dequantized.items():
+        if values.shape != absmax.shape:
+            raise ValueError(f"dequantized[{name!r}] has shape {tuple(values.shape)}, absmax {tuple(absmax.shape)}")
+    fig, ax = plt.subplots(figsize=(6.4, 2.8), layout="constrained")
+    for name, values in dequantized.items():
+        ax.plot(absmax.tolist(), values.tolist(), label=name.upper(), linewidth=1.2)
+    ax.axhline(value, color="black", linewidth=0.8, linestyle="--", label=f"the value {value:g}")
+    if target is not None:
+        ax.axhline(target, color="tab:red", linewidth=0.8, linestyle=":", label=f"{target:g}")
+    ax.set(xlabel="absmax of the block", ylabel="dequantized value", title=f"{value:g} after 4-bit quantization")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.close(fig)
     return fig
 
@@ -92,6 +147,21 @@ def explain_value(w: torch.Tensor, block: int, index: int, blocksize: int = 64, 
                        float(scaled[position]), q, level, dequantized)
 
 
+def plot_value_lookup(w: torch.Tensor, block: int, index: int, blocksize: int = 64, quant_type: str = "nf4"):
+    """The picture of ``explain_value``: the block's values, its code levels times absmax, the chosen value.
+
+    Shapes: w (any, n elements) -> a figure (the one ``code_explorer`` shows for its controls).
+    Example: ``plot_value_lookup(torch.randn(4, 64), block=1, index=3, quant_type="nf4")``.
+    """
+    found = explain_value(w, block, index, blocksize, quant_type)
+    values = w.detach().float().reshape(-1)[block * blocksize : (block + 1) * blocksize]
+    fig = plot_code_levels(values, code_for(quant_type), found.absmax, bins=32,
+                           title=f"block {block}: value {found.value:+.4f} -> code {found.code} -> "
+                                 f"{found.dequantized:+.4f} ({quant_type})")
+    fig.axes[0].axvline(found.value, color="black", linewidth=2)
+    return fig
+
+
 def code_explorer(w: torch.Tensor, blocksize: int = 64):
     """A widget: pick a block, a value in it and a code; see its 4-bit code, level and error.
 
@@ -109,16 +179,12 @@ def code_explorer(w: torch.Tensor, blocksize: int = 64):
                               continuous_update=False)
     quant_type = widgets.ToggleButtons(options=["nf4", "fp4", "int4"], value="nf4", description="code")
     caption, picture = widgets.HTML(), widgets.Output()
-    flat = w.detach().float().reshape(-1)
 
     def show(_=None) -> None:
         index.max = min(blocksize, w.numel() - block.value * blocksize) - 1
         found = explain_value(w, block.value, index.value, blocksize, quant_type.value)
         caption.value = f"<code>{found!r}</code>"
-        values = flat[block.value * blocksize : (block.value + 1) * blocksize]
-        fig = plot_code_levels(values, code_for(quant_type.value), found.absmax, bins=32,
-                               title=f"block {block.value}: its values and the {quant_type.value} levels")
-        fig.axes[0].axvline(found.value, color="black", linewidth=2)
+        fig = plot_value_lookup(w, block.value, index.value, blocksize, quant_type.value)
         picture.clear_output(wait=True)
         with picture:
             display(fig)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qlora_lessons.exercises import lesson05, show_solution
-from qlora_lessons.nf4 import nf4_code
+from qlora_lessons.nf4 import fp4_code, nf4_code
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,12 @@ from qlora_lessons.nf4 import nf4_code
         (lesson05.check_pack_pair, lesson05.solution_pack_pair, lambda high, low: (low << 4) | high),
         (lesson05.check_n_constants, lesson05.solution_n_constants(), 4096 * 4096 // 32),
         (lesson05.check_seed_example_level, lesson05.solution_seed_example_level(), -0.75),
+        (lesson05.check_fp4_decode, lesson05.solution_fp4_decode,
+         lambda bits: (-1.0 if bits & 8 else 1.0) * (0.5 * (bits & 1) if (bits >> 1) & 3 == 0  # textbook E2M1
+                                                     else 2.0 ** (((bits >> 1) & 3) - 1) * (1 + (bits & 1) / 2)) / 6),
+        (lesson05.check_fp4_decode, lesson05.solution_fp4_decode, lambda bits: abs(lesson05.solution_fp4_decode(bits))),
+        (lesson05.check_reduction_vs_bfloat16, lesson05.solution_reduction_vs_bfloat16(), 0.875),  # codes vs fp32
+        (lesson05.check_reduction_vs_bfloat16, lesson05.solution_reduction_vs_bfloat16(), 0.75),  # constants left out
     ],
 )
 def test_check_passes_the_solution_and_fails_a_wrong_answer(check, solution, wrong, capsys):
@@ -34,6 +40,8 @@ def test_the_known_answers():
     assert lesson05.solution_n_constants() == 262_144
     assert lesson05.solution_seed_example_level() == float(nf4_code()[1])
     assert int(lesson05.solution_pack_pair(torch.tensor(1), torch.tensor(2))) == 0x12
+    assert torch.equal(torch.tensor([lesson05.solution_fp4_decode(b) for b in range(16)]), fp4_code())
+    assert lesson05.solution_reduction_vs_bfloat16() == 1 - 4.5 / 16
 
 
 def test_a_failing_or_misshapen_function_is_reported_not_raised(capsys):
@@ -42,6 +50,10 @@ def test_a_failing_or_misshapen_function_is_reported_not_raised(capsys):
     assert lesson05.check_absmax_int8(lambda x: x[:1]) is False
     assert "shape" in capsys.readouterr().out
     assert lesson05.check_pack_pair(18) is False
+    assert "no brackets" in capsys.readouterr().out
+    assert lesson05.check_fp4_decode(lambda bits: [][bits]) is False
+    assert "raised IndexError" in capsys.readouterr().out
+    assert lesson05.check_fp4_decode(0.5) is False
     assert "no brackets" in capsys.readouterr().out
 
 

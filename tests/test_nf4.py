@@ -30,8 +30,15 @@ from qlora_lessons.nf4 import (
     unpack_4bit,
 )
 from qlora_lessons.nf4_bitsandbytes import from_bitsandbytes, to_bitsandbytes, to_linear4bit
-from qlora_lessons.nf4_kernels import CHUNK
-from qlora_lessons.nf4_plots import code_explorer, explain_value, plot_code_levels
+from qlora_lessons.nf4_kernels import CHUNK, for_each_chunk
+from qlora_lessons.nf4_plots import (
+    code_explorer,
+    explain_value,
+    plot_code_comparison,
+    plot_code_levels,
+    plot_dequantized_vs_absmax,
+    plot_value_lookup,
+)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -108,6 +115,38 @@ def test_quantize_matches_bitsandbytes_across_many_chunks(dtype):
     packed, state = quantize_4bit(w, 64, "nf4")
     packed_ref, state_ref = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
     assert torch.equal(packed, packed_ref.view(-1)) and torch.equal(state.absmax, state_ref.absmax)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_across_many_chunks_is_code_times_absmax_on_any_number_of_threads(dtype, threads):
+    """The chunked, threaded dequantization gives exactly the textbook w = code[q] * absmax, cast once."""
+    torch.manual_seed(4)
+    w = torch.randn(5 * CHUNK + 4 * 64 + 37).to(dtype)  # 5 chunks, a few full blocks more, a partial block
+    packed, state = quantize_4bit(w, 64, "nf4")
+    q = unpack_4bit(packed, w.numel()).long()
+    textbook = (state.code[q] * state.absmax.repeat_interleave(64)[: w.numel()]).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(dequantize_4bit(packed, state), textbook)
+        assert torch.equal(quantize_4bit(w, 64, "nf4")[0], packed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_for_each_chunk_visits_every_chunk_once():
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            for n_chunks in (1, 2, 5, 7):
+                seen.clear()
+                for_each_chunk(seen.append, n_chunks * CHUNK - 3)
+                assert sorted(seen) == [i * CHUNK for i in range(n_chunks)]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_parameter_and_a_transposed_view_quantize_like_bitsandbytes():
@@ -337,6 +376,23 @@ def test_plot_and_widget_draw_the_sixteen_levels():
     block, _, quant_type, caption, _ = widget.children
     block.value, quant_type.value = 2, "int4"
     assert caption.value.startswith("<code>block 2, value 0")
+
+
+def test_comparison_lookup_and_absmax_figures():
+    w = torch.randn(5, 64)
+    fig = plot_code_comparison(blockwise_absmax_scale(w, 64)[1])
+    assert [ax.get_title() for ax in fig.axes] == ["INT4", "FP4", "NF4"] and all(len(ax.lines) == 16 for ax in fig.axes)
+    fig = plot_value_lookup(w, 3, 5, quant_type="fp4")
+    found = explain_value(w, 3, 5, quant_type="fp4")
+    assert len(fig.axes[0].lines) == 17 and f"code {found.code}" in fig.axes[0].get_title()
+    assert fig.axes[0].lines[-1].get_xdata()[0] == pytest.approx(found.value)
+    absmax = torch.linspace(1, 2, 5)
+    fig = plot_dequantized_vs_absmax(-0.7, absmax, {"nf4": -absmax, "int4": -absmax / 2}, target=-0.75)
+    assert len(fig.axes[0].lines) == 4  # two curves, the value and the target
+    with pytest.raises(ValueError, match="shape"):
+        plot_dequantized_vs_absmax(-0.7, absmax, {"nf4": absmax[:2]})
+    with pytest.raises(ValueError, match="quant_types"):
+        plot_code_comparison(w, ())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to compare with bitsandbytes' CUDA kernels")

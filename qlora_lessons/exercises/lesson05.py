@@ -1,4 +1,5 @@
-"""Exercises for 05_nf4_by_hand: absmax int8, the nearest level, packing, the seed's 4-bit example.
+"""Exercises for 05_nf4_by_hand: absmax int8, the nearest level, packing, the seed's 4-bit example, FP4 bits,
+the true memory reduction.
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -13,7 +14,7 @@ import torch
 
 from qlora_lessons.blockwise import nearest_code
 from qlora_lessons.exercises import report
-from qlora_lessons.nf4 import nf4_code
+from qlora_lessons.nf4 import fp4_code, nf4_code
 
 
 def agrees_exactly(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str) -> bool:
@@ -95,3 +96,39 @@ def solution_seed_example_level() -> float:
     levels = nf4_code()
     index = nearest_code(torch.tensor([-0.765432]), levels)  # the value / absmax, with absmax 1
     return float(levels[index])  # -0.6961928: NF4 has no level at -0.75
+
+
+def check_fp4_decode(fn: Callable) -> bool:
+    """Write ``fn(bits)`` turning a 4-bit pattern (an int 0..15, bits s e1 e0 m) into bitsandbytes' FP4 value
+    in [-1, 1]: e = 0 gives m * 0.0625, e = 1, 2, 3 give 2^(4 - e) * (1 + m / 2); the sign bit negates; / 12."""
+    if not callable(fn):
+        return report("fp4_decode", False, f"pass your function itself (no brackets), got {type(fn).__name__}")
+    expected = fp4_code()
+    for bits in range(16):
+        try:
+            got = float(fn(bits))
+        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
+            return report("fp4_decode", False, f"your function raised {type(error).__name__}: {error}")
+        if not math.isclose(got, float(expected[bits]), rel_tol=1e-6, abs_tol=1e-9):
+            return report("fp4_decode", False, f"pattern {bits} (0b{bits:04b}) gave {got:.6g}; "
+                          "sign = bits >> 3, e = (bits >> 1) & 3, m = bits & 1")
+    return report("fp4_decode", True)
+
+
+def solution_fp4_decode(bits: int) -> float:
+    sign = -1.0 if bits & 0b1000 else 1.0
+    e, m = (bits >> 1) & 0b11, bits & 1
+    magnitude = m * 0.0625 if e == 0 else 2.0 ** (4 - e) * (1 + m / 2)  # bitsandbytes' exponent counts down
+    return sign * magnitude / 12  # 12 = 2^3 * 1.5, the largest magnitude
+
+
+def check_reduction_vs_bfloat16(answer: float) -> bool:
+    """By what fraction does NF4 at blocksize 64, with one float32 absmax per block, shrink a bfloat16 weight?"""
+    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_reduction_vs_bfloat16(), abs_tol=5e-4)
+    hint = "count the bits per weight, codes and constants: 4 + 32 / 64; compare with 16 (a fraction: 0.5 is 50%)"
+    return report("reduction_vs_bfloat16", ok, hint)
+
+
+def solution_reduction_vs_bfloat16() -> float:
+    bits = 4 + 32 / 64  # 4.5 bits per weight with its share of the float32 absmax
+    return 1 - bits / 16  # 0.719: 72%, not the 87.5% of 4 bits vs 32
