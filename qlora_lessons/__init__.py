@@ -3,7 +3,7 @@
 One module per concept, in lesson order; each is importable on its own. This file only re-exports.
 """
 
-from qlora_lessons.adam8bit import AdamW8bit
+from qlora_lessons.adam8bit import AdamW8bit, plot_loss_curves
 from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
 from qlora_lessons.blockwise import QuantError, quantization_error
 from qlora_lessons.course import LESSONS, Lesson
@@ -91,5 +91,5 @@ __all__ = [
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
     # AdamW by hand and 8-bit optimizer state (lesson 07)
-    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit",
+    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "plot_loss_curves",
 ]
