@@ -14,12 +14,14 @@ g * g, is never negative, so it uses the unsigned map, whose 256 levels all lie 
 would waste half of them). Tensors with fewer than ``min_8bit_size`` elements (norms, biases) keep float32
 moments, as bitsandbytes does. The update itself is exact; only what is stored between steps is rounded.
 
-Where 8 bits bite: the unsigned map's smallest positive level is 3.25e-7, so a v below 1.6e-7 of its
-block's largest is stored as 0 while its m is not. If that element's gradient then vanishes (an embedding
-row whose token is absent from the batch), the next update is lr * m_hat / eps: a thousand lr for m_hat = 1e-5.
-Rounding to the nearest level, as here and in bitsandbytes' CUDA kernel, does this; transformers' Trainer
-therefore keeps the state of every ``nn.Embedding`` in 32 bits (bitsandbytes ``GlobalOptimManager`` override
-``{"optim_bits": 32}``). Here a parameter group with ``"optim_bits": 32`` does the same.
+Where 8 bits bite: the unsigned map's smallest positive level is 3.25e-7, so rounded to the nearest level a v
+below 1.6e-7 of its block's largest is stored as 0 while its m is not. If that element's next gradients are
+smaller still (an embedding row whose token is absent from the batch; a unit that went quiet), the update is
+about lr * m_hat / eps: hundreds of times lr. bitsandbytes' CUDA kernel rounds to the nearest level; its CPU
+path rounds through a table that sends tiny values to a small positive level. ``v_floor=True`` (the default)
+stores a positive v at least as the smallest positive level, never as 0: a larger v, hence a smaller, safe
+update. transformers' Trainer also keeps the state of every ``nn.Embedding`` in 32 bits with bitsandbytes
+(``GlobalOptimManager`` override ``{"optim_bits": 32}``); a parameter group with ``"optim_bits": 32`` does so here.
 
 Left out: stochastic rounding, percentile clipping, the sign fix bitsandbytes' CUDA kernel applies to m
 (a code whose sign differs from m's is moved one level), and the fused kernel (one pass over the codes).
@@ -54,6 +56,8 @@ class AdamW8bit(torch.optim.Optimizer):
     block of ``blocksize``); a smaller p, or one in a group with ``"optim_bits": 32``, holds float32
     ``exp_avg`` and ``exp_avg_sq`` as torch's AdamW does. The update runs in float32 (a bfloat16 parameter
     is updated in float32 and rounded back). With all state in 32 bits it is torch.optim.AdamW, bit for bit.
+    ``v_floor=False`` rounds v to the nearest level like m (and like bitsandbytes' CUDA kernel): see the module
+    docstring for what that does to elements whose v rounds to 0.
 
     State bytes: 8 n for a 32-bit tensor; 2 * (n + 4 * ceil(n / 256)) for an 8-bit one; plus the two
     256-entry float32 code tables once: ``optimizer_state_bytes(numels, "adamw8bit")`` (bitsandbytes'
@@ -75,12 +79,15 @@ class AdamW8bit(torch.optim.Optimizer):
         *,
         blocksize: int = BLOCKSIZE_8BIT,
         min_8bit_size: int = MIN_8BIT_SIZE,
+        v_floor: bool = True,
     ) -> None:
         defaults = {**check_adamw_hyperparameters(lr, betas, eps, weight_decay), "optim_bits": 8}
         check_blocksize(blocksize)
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or min_8bit_size < 1:
             raise ValueError(f"min_8bit_size must be a positive int, got {min_8bit_size!r}")
-        self.blocksize, self.min_8bit_size = blocksize, min_8bit_size
+        if not isinstance(v_floor, bool):
+            raise TypeError(f"v_floor must be a bool, got {v_floor!r}")
+        self.blocksize, self.min_8bit_size, self.v_floor = blocksize, min_8bit_size, v_floor
         self.code_m, self.code_v = dynamic_map(signed=True), dynamic_map(signed=False)  # (256,) each, shared
         super().__init__(params, defaults)
 
@@ -153,11 +160,15 @@ class AdamW8bit(torch.optim.Optimizer):
 
     def _store(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         """Quantize m with the signed map and v with the unsigned map, blocks of ``blocksize``: the codes and
-        absmax of ``double_quant.quantize_blockwise_8bit(m, blocksize, code=...)``."""
+        absmax of ``double_quant.quantize_blockwise_8bit(m, blocksize, code=...)``; with ``v_floor`` a positive
+        v that would round to level 0 gets level 1 (3.25e-7 x absmax) instead."""
         state = self.state[p]
         for name, moment, code in (("exp_avg", m, self.code_m), ("exp_avg_sq", v, self.code_v)):
             absmax, scaled = blockwise_absmax_scale(moment, self.blocksize)  # (blocks,), (n,) in [-1, 1]
-            state[f"{name}_codes"] = self._nearest(scaled, code).view(p.shape)
+            codes = self._nearest(scaled, code)
+            if name == "exp_avg_sq" and self.v_floor:  # a positive v keeps at least the smallest positive level
+                codes = torch.where((codes == 0) & (scaled > 0), torch.ones_like(codes), codes)
+            state[f"{name}_codes"] = codes.view(p.shape)
             state[f"{name}_absmax"] = absmax
 
     @torch.no_grad()
