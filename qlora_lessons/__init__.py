@@ -68,6 +68,7 @@ from qlora_lessons.paging import (
     plot_memory_timeline,
     record_memory_timeline,
 )
+from qlora_lessons.paging_plots import budget_slider
 
 __version__ = "0.1.0"
 
@@ -91,5 +92,5 @@ __all__ = [
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
     # AdamW by hand and 8-bit optimizer state (lesson 07)
-    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "plot_loss_curves",
+    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "plot_loss_curves", "budget_slider",
 ]
