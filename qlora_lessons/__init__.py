@@ -3,6 +3,8 @@
 One module per concept, in lesson order; each is importable on its own. This file only re-exports.
 """
 
+from qlora_lessons.adam8bit import AdamW8bit, plot_loss_curves
+from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
 from qlora_lessons.blockwise import QuantError, dequantize_int, quantization_error, quantize_int
 from qlora_lessons.course import LESSONS, Lesson
 from qlora_lessons.double_quant import (
@@ -78,6 +80,7 @@ from qlora_lessons.paging import (
     plot_memory_timeline,
     record_memory_timeline,
 )
+from qlora_lessons.paging_plots import budget_slider
 
 __version__ = "0.1.0"
 
@@ -106,4 +109,6 @@ __all__ = [
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
     # absmax integer codes (lesson 05)
     "dequantize_int", "quantize_int",
+    # AdamW by hand and 8-bit optimizer state (lesson 07)
+    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "plot_loss_curves", "budget_slider",
 ]

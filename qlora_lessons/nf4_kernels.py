@@ -63,7 +63,10 @@ def _level_table(code_key: tuple[float, ...]) -> LevelTable:
 
 
 def level_table(code: torch.Tensor) -> LevelTable:
-    """The lookup tables for a code of 16 levels (cached per code). Shapes: code (16,) -> tables."""
+    """The lookup tables for a code of 16 levels (cached per code). Shapes: code (16,) -> tables.
+
+    ``base``/``threshold`` also serve any code of up to 256 levels with at most one midpoint per 16-bit interval
+    (``adam8bit`` uses them for the 8-bit dynamic maps; ``pairs`` is then meaningless)."""
     return _level_table(tuple(code.cpu().tolist()))
 
 

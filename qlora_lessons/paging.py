@@ -20,12 +20,12 @@ sparse gradients, overlapping the copies of one page with the update of the prev
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
 from qlora_lessons.paging_plots import plot_memory_timeline
 from qlora_lessons.paging_state import PAGE_BYTES, OptimizerStateBytes, format_gb, optimizer_state_bytes
 from qlora_lessons.paging_timeline import MemoryEvent, MemoryTimeline, count_saved_activations, record_memory_timeline
@@ -58,14 +58,6 @@ class PagingTraffic:
             f"PagingTraffic(to device: {format_gb(self.bytes_to_device)} in {self.pages_to_device} pages, "
             f"to host: {format_gb(self.bytes_to_host)} in {self.pages_to_host} pages)"
         )
-
-
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 class PagedAdamW(torch.optim.Optimizer):
@@ -101,19 +93,7 @@ class PagedAdamW(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
         page_bytes: int = PAGE_BYTES,
     ) -> None:
-        lr, eps = _check_number("lr", lr), _check_number("eps", eps)
-        weight_decay = _check_number("weight_decay", weight_decay)
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if not isinstance(betas, Sequence) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        for index, beta in enumerate(betas):
-            if not 0.0 <= _check_number(f"betas[{index}]", beta) < 1.0:
-                raise ValueError(f"betas[{index}] must be in [0, 1), got {beta!r}")
+        defaults = check_adamw_hyperparameters(lr, betas, eps, weight_decay)
         if isinstance(page_bytes, bool) or not isinstance(page_bytes, int):
             raise TypeError(f"page_bytes must be an int, got {type(page_bytes).__name__} {page_bytes!r}")
         if page_bytes <= 0:
@@ -124,7 +104,6 @@ class PagedAdamW(torch.optim.Optimizer):
         self._segments: list[tuple[dict, torch.Tensor, int]] = []  # (group, parameter, offset in flat state)
         self._offsets: list[int] = []
         self.reset_traffic()
-        defaults = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.page_elements  # noqa: B018 - raises now if a page cannot hold one element
 
@@ -256,12 +235,5 @@ class PagedAdamW(torch.optim.Optimizer):
     @staticmethod
     def _update(group: dict, param, grad, exp_avg, exp_avg_sq, step: float) -> None:
         """torch.optim.adam._single_tensor_adam with decoupled weight decay, line for line."""
-        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        adamw_update_(param, grad, exp_avg, exp_avg_sq, step=step, lr=group["lr"], betas=group["betas"],
+                      eps=group["eps"], weight_decay=group["weight_decay"])

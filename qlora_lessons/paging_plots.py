@@ -1,4 +1,5 @@
-"""Figures for paged optimizers: the memory timeline as stacked bars against a device budget."""
+"""Figures for paged optimizers: the memory timeline as stacked bars against a device budget, and a slider
+that moves the budget and says which events cross it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from qlora_lessons.paging_state import format_gb
 from qlora_lessons.paging_timeline import CATEGORIES, MemoryTimeline
 
 if TYPE_CHECKING:
+    import ipywidgets
     from matplotlib.figure import Figure
 
 
-def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | None = None) -> Figure:
+def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | None = None,
+                         budget_bytes: int | None = None) -> Figure:
     """Stacked bars of device bytes per event, one panel per timeline, with each timeline's budget as a line.
 
+    ``budget_bytes`` draws that budget in every panel instead of each timeline's own.
     Example: ``plot_memory_timeline(plain, paged, titles=["AdamW", "PagedAdamW"])`` -> a Figure of 2 panels.
     """
     import matplotlib.pyplot as plt
@@ -23,10 +27,14 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
         raise ValueError("plot_memory_timeline needs one or more MemoryTimeline with events")
     if titles is not None and len(titles) != len(timelines):
         raise ValueError(f"titles must have one entry per timeline ({len(timelines)}), got {len(titles)}")
-    top = max(max(t.peak_bytes, t.budget_bytes or 0, *(e.measured_peak or 0 for e in t.events)) for t in timelines)
+    if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int)
+                                     or budget_bytes < 0):
+        raise ValueError(f"budget_bytes must be a non-negative int, got {budget_bytes!r}")
+    budgets = [t.budget_bytes if budget_bytes is None else budget_bytes for t in timelines]
+    top = max(max(t.peak_bytes, b or 0, *(e.measured_peak or 0 for e in t.events)) for t, b in zip(timelines, budgets))
     scale, unit = (1e9, "GB") if top >= 1e9 else (1e6, "MB")
     fig, axes = plt.subplots(1, len(timelines), sharey=True, squeeze=False, figsize=(4.0 * len(timelines), 3.2))
-    for k, (ax, timeline) in enumerate(zip(axes[0], timelines, strict=True)):
+    for k, (ax, timeline, budget) in enumerate(zip(axes[0], timelines, budgets, strict=True)):
         x = range(len(timeline))
         bottom = [0.0] * len(timeline)
         for name in CATEGORIES:
@@ -37,11 +45,50 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
             values = [getattr(e, field) for e in timeline.events]
             if all(v is not None for v in values):
                 ax.plot(x, [v / scale for v in values], marker, markersize=4, label=label)
-        if timeline.budget_bytes is not None:
-            ax.axhline(timeline.budget_bytes / scale, color="red", linestyle="--", label="device budget")
+        if budget is not None:
+            ax.axhline(budget / scale, color="red", linestyle="--", label="device budget")
         ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize=6)
         ax.set_title(titles[k] if titles else f"peak {format_gb(timeline.peak_bytes)}", fontsize=9)
     axes[0][0].set_ylabel(f"device memory ({unit})")
     axes[0][-1].legend(fontsize=6, loc="upper left")
     fig.tight_layout()
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
+
+
+def budget_slider(*timelines: MemoryTimeline, titles: Sequence[str] | None = None,
+                  budget_bytes: int | None = None) -> ipywidgets.VBox:
+    """A slider over the device budget (MB) that redraws the timelines and lists the events above it.
+
+    The slider runs from 0 to 1.25 x the highest peak; it starts at ``budget_bytes`` (default: the first
+    timeline's budget, else its peak). Caption per timeline: its peak and the events over the budget.
+    Example: ``budget_slider(plain, paged, titles=["AdamW", "PagedAdamW"])`` -> a widget to display.
+    Returns an ipywidgets VBox: the slider, the caption (HTML) and the figure.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not timelines or not all(isinstance(t, MemoryTimeline) and len(t) for t in timelines):
+        raise ValueError("budget_slider needs one or more MemoryTimeline with events")
+    names = list(titles) if titles is not None else [f"timeline {k}" for k in range(len(timelines))]
+    start = budget_bytes if budget_bytes is not None else timelines[0].budget_bytes or timelines[0].peak_bytes
+    top = 1.25 * max(t.peak_bytes for t in timelines) / 1e6
+    slider = widgets.FloatSlider(value=start / 1e6, min=0.0, max=top, step=top / 200, description="budget (MB)",
+                                 continuous_update=False, readout_format=".1f")
+    caption, picture = widgets.HTML(), widgets.Output()
+
+    def show(megabytes: float) -> None:
+        budget = int(megabytes * 1e6)
+        lines = []
+        for name, timeline in zip(names, timelines):
+            over = timeline.over_budget(budget)
+            verdict = f"over the budget at {', '.join(over)}" if over else "stays under the budget"
+            lines.append(f"{name}: peak {timeline.peak_bytes / 1e6:.1f} MB, {verdict}")
+        caption.value = "<br>".join(lines)
+        picture.clear_output(wait=True)
+        with picture:
+            display(plot_memory_timeline(*timelines, titles=titles, budget_bytes=budget))
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(slider.value)
+    return widgets.VBox([slider, caption, picture])

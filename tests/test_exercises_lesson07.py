@@ -17,6 +17,10 @@ from qlora_lessons.exercises import lesson07
         (lesson07.check_pages_per_step, lesson07.solution_pages_per_step, 76),
         (lesson07.check_pages_per_step, lesson07.solution_pages_per_step, 10_000_000 / 131_072),
         (lesson07.check_peak_saving, lesson07.solution_peak_saving, 80_000_000),
+        # 8-bit state: the tables and absmax forgotten (8n - 2n); the signed map counted whole; half of it.
+        (lesson07.check_8bit_saving_7b, lesson07.solution_8bit_saving_7b, 6 * 7_000_000_000),
+        (lesson07.check_levels_for_v, lesson07.solution_levels_for_v, 256),
+        (lesson07.check_levels_for_v, lesson07.solution_levels_for_v, 128),
     ],
 )
 def test_number_checks_pass_their_solution_and_fail_a_wrong_answer(check, solution, wrong, capsys):
@@ -35,3 +39,15 @@ def test_the_8bit_check_passes_its_solution_and_fails_wrong_functions(capsys):
     assert lesson07.check_adamw8bit_state_bytes(lambda n: 1 / 0) is False
     assert "ZeroDivisionError" in capsys.readouterr().out
     assert lesson07.check_adamw8bit_state_bytes(42) is False
+
+
+def test_the_dequantize_check_passes_its_solution_and_fails_wrong_functions(capsys):
+    assert lesson07.check_dequantize_moment(lesson07.solution_dequantize_moment) is True
+    # One absmax per element instead of per block (fails on shapes, or raises).
+    assert lesson07.check_dequantize_moment(lambda codes, absmax, code, b: code[codes.long()] * absmax[0]) is False
+    # The codes themselves, not the levels they index.
+    assert lesson07.check_dequantize_moment(
+        lambda codes, absmax, code, b: codes.float() / 255 * absmax.repeat_interleave(b)[: codes.numel()]) is False
+    assert lesson07.check_dequantize_moment(lambda codes, absmax, code, b: None) is False
+    assert lesson07.check_dequantize_moment("not a function") is False
+    assert "pass your function itself" in capsys.readouterr().out

@@ -379,3 +379,24 @@ def test_plot_draws_the_allocator_readings_when_there_are_some():
     plt.close(figure)
     with pytest.raises(ValueError, match="one or more MemoryTimeline"):
         plot_memory_timeline(MemoryTimeline())
+
+
+def test_budget_override_and_budget_slider():
+    timeline = MemoryTimeline(budget_bytes=2_000_000)
+    timeline.record("forward 0", weights=1_000_000, activations=1_500_000)
+    timeline.record("step 0", weights=1_000_000, gradients=500_000)
+    figure = plot_memory_timeline(timeline, budget_bytes=3_000_000)
+    budget_lines = [line for line in figure.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in budget_lines] == [[3.0, 3.0]]  # MB, the override
+    with pytest.raises(ValueError, match="budget_bytes must be a non-negative int"):
+        plot_memory_timeline(timeline, budget_bytes=-1)
+
+    from qlora_lessons.paging_plots import budget_slider
+
+    widget = budget_slider(timeline, titles=["AdamW"])
+    slider, caption, _ = widget.children
+    assert slider.value == 2.0 and "over the budget at forward 0" in caption.value
+    slider.value = 2.6  # MB: above the 2.5 MB peak
+    assert "stays under the budget" in caption.value and "peak 2.5 MB" in caption.value
+    with pytest.raises(ValueError, match="one or more MemoryTimeline"):
+        budget_slider()

@@ -1,12 +1,17 @@
-"""Exercises for 07_paged_optimizers: the size of optimizer state, and what paging it costs and saves.
+"""Exercises for 07_paged_optimizers: the size of optimizer state, what paging it costs and saves, and how
+8-bit state is stored.
 
-Each ``check_*`` grades an answer against ``qlora_lessons.paging``; each ``solution_*`` works it out by hand.
+Each ``check_*`` grades an answer against ``qlora_lessons.paging``, ``double_quant`` or ``adam8bit``; each
+``solution_*`` works it out by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
+from qlora_lessons.double_quant import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
 from qlora_lessons.exercises import report
 from qlora_lessons.paging_state import optimizer_state_bytes
 
@@ -92,3 +97,62 @@ def solution_adamw8bit_state_bytes(numel: int) -> int:
     per_moment = numel * 1 + blocks * 4  # uint8 codes + float32 absmax per block of 256
     code_tables = 2 * 256 * 4  # signed map for m, unsigned for v, float32
     return 2 * per_moment + code_tables
+
+
+def check_8bit_saving_7b(answer: float) -> bool:
+    """Bytes of optimizer state that AdamW8bit saves against AdamW for ``N_PARAMS_7B`` parameters, counted as
+    one tensor (so all of it is 8-bit), code tables included."""
+    expected = (optimizer_state_bytes(N_PARAMS_7B, "adamw").state_bytes
+                - optimizer_state_bytes(N_PARAMS_7B, "adamw8bit").state_bytes)
+    hint = "8 bytes per parameter before; after: 2 bytes of codes + 2 float32 absmax per 256 + 2 x 1 KiB of tables"
+    return report("8-bit saving (7B)", _close(answer, expected), hint)
+
+
+def solution_8bit_saving_7b() -> int:
+    import math
+
+    n = 7_000_000_000
+    before = n * 2 * 4  # float32 m and v: 56 GB
+    after = 2 * (n * 1 + 4 * math.ceil(n / 256)) + 2 * 256 * 4  # uint8 codes + absmax, for m and v; two tables
+    return before - after  # 41.78 GB saved: the state shrinks from 56 GB to 14.2 GB
+
+
+def check_levels_for_v(answer: int) -> bool:
+    """How many of the 256 levels of the *signed* dynamic map could store a second moment v (v >= 0)?"""
+    expected = int((dynamic_map(signed=True) >= 0).sum())
+    ok = isinstance(answer, int) and not isinstance(answer, bool) and answer == expected
+    return report("levels for v", ok, "count the levels >= 0 of dynamic_map(signed=True): zero and the positives")
+
+
+def solution_levels_for_v() -> int:
+    code = dynamic_map(signed=True)  # 127 negative levels, zero, 128 positive ones (1.0 is the last)
+    return int((code >= 0).sum())  # 129: half the byte is wasted on v, hence the unsigned map (256 levels >= 0)
+
+
+def _moments() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(7)
+    m = torch.randn(1000, generator=generator) * 1e-3  # 3 full blocks of 256 and a partial one
+    return [(m, dynamic_map(signed=True)), (m * m, dynamic_map(signed=False))]
+
+
+def check_dequantize_moment(fn: Callable) -> bool:
+    """Write ``fn(codes, absmax, code, blocksize)`` returning the float32 moment that 8-bit state stores:
+    codes uint8 (n,), absmax float32 (ceil(n / blocksize),), code the 256-level map."""
+    if not callable(fn):
+        return report("dequantize_moment", False, f"pass your function itself (no brackets), got {type(fn).__name__}")
+    for moment, code in _moments():
+        codes, state = quantize_blockwise_8bit(moment, 256, code=code)
+        try:
+            got = torch.as_tensor(fn(codes, state.absmax, code, 256))
+        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
+            return report("dequantize_moment", False, f"your function raised {type(error).__name__}: {error}")
+        expected = dequantize_blockwise_8bit(codes, state)
+        if got.shape != expected.shape or not torch.allclose(got.float(), expected, rtol=1e-6, atol=0.0):
+            return report("dequantize_moment", False, "code[codes[i]] * absmax[i // blocksize], for every i")
+    return report("dequantize_moment", True)
+
+
+def solution_dequantize_moment(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                               blocksize: int) -> torch.Tensor:
+    block = torch.arange(codes.numel()) // blocksize  # the block of each element
+    return code[codes.long()] * absmax[block]  # (n,) float32
