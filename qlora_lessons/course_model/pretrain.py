@@ -160,7 +160,6 @@ def main() -> None:
     parser.add_argument("--check", action="store_true",
                         help="pretrain into a temporary folder and compare the final loss with the shipped model")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.check:
         raise SystemExit(0 if check_reproduction(args.steps, args.seed) else 1)
     stats = pretrain(args.out, steps=args.steps, seed=args.seed)
