@@ -66,6 +66,7 @@ from qlora_lessons.paging import (
     plot_memory_timeline,
     record_memory_timeline,
 )
+from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
 
 __version__ = "0.1.0"
 
@@ -88,4 +89,6 @@ __all__ = [
     # paged optimizers (lesson 07)
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
+    # QLoRA (lesson 08)
+    "Dequantize4bitLinear", "QLoRALinear", "prepare_qlora",
 ]
