@@ -67,6 +67,7 @@ from qlora_lessons.paging import (
     record_memory_timeline,
 )
 from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
+from qlora_lessons.qlora_memory import TrainingMemory, count_training_memory, measure_peak_bytes, random_causal_lm
 
 __version__ = "0.1.0"
 
@@ -90,5 +91,6 @@ __all__ = [
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
     # QLoRA (lesson 08)
-    "Dequantize4bitLinear", "QLoRALinear", "prepare_qlora",
+    "Dequantize4bitLinear", "QLoRALinear", "prepare_qlora", "TrainingMemory", "count_training_memory",
+    "measure_peak_bytes", "random_causal_lm",
 ]
