@@ -132,3 +132,45 @@ def test_measure_peak_bytes_needs_cuda():
 def test_measure_peak_bytes_sees_a_temporary_allocation():
     peak = measure_peak_bytes(lambda: torch.empty(2**28, dtype=torch.uint8, device="cuda"))
     assert peak >= 2**28
+
+
+def test_pictures_and_the_answer_widget():
+    from transformers import PreTrainedTokenizerFast
+
+    from qlora_lessons.qlora_plots import answer_explorer, answer_table, plot_loss_curves, plot_training_memory
+    from qlora_lessons.train import TrainResult
+
+    result = TrainResult(losses=tuple(float(x) for x in torch.linspace(3, 0.1, 30)), seconds=1.0, steps=30,
+                         examples_seen=960, trainable_parameters=10)
+    assert "final 0.200" in plot_loss_curves({"QLoRA": result}).axes[0].get_legend().get_texts()[0].get_text()
+    with pytest.raises(ValueError, match="window"):
+        plot_loss_curves({"QLoRA": result}, window=0)
+    with pytest.raises(TypeError, match="TrainResult"):
+        plot_loss_curves({"QLoRA": [1.0, 0.5]})
+    memory = TrainingMemory(2_000_000, 100_000, 50_000, 50_000, 100_000)
+    fig = plot_training_memory({"full": TrainingMemory(0, 0, 4_000_000, 4_000_000, 8_000_000), "QLoRA": memory})
+    assert any("16.00 MB" in t.get_text() for t in fig.axes[0].texts)
+    assert any("2.30 MB" in t.get_text() for t in fig.axes[0].texts)
+
+    class Echo(nn.Module):  # a "model" whose generate writes a fixed answer after the prompt
+        def __init__(self, token: int):
+            super().__init__()
+            self.token, self.weight = token, nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            return torch.cat([input_ids, torch.full((input_ids.shape[0], 1), self.token)], dim=1)
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    core = Tokenizer(models.WordLevel({"<pad>": 0, "Q": 1, "A": 2, "Tarvesk": 3, "Orlan": 4}, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<pad>")
+    examples = [{"prompt": "Q A", "answer": "Tarvesk"}, {"prompt": "Q Q A", "answer": "Orlan"}]
+    table = answer_table({"right": Echo(3), "wrong": Echo(4)}, tokenizer, examples)
+    assert table.splitlines()[1].split()[-4:] == ["Tarvesk", "✓", "Orlan", "✗"]
+    widget = answer_explorer({"right": Echo(3)}, tokenizer, examples, index=1)
+    assert "Orlan" in widget.children[1].value and "✗" in widget.children[1].value
+    widget.children[0].value = 0
+    assert "✓" in widget.children[1].value
+    with pytest.raises(ValueError, match="index"):
+        answer_explorer({"right": Echo(3)}, tokenizer, examples, index=5)
