@@ -44,6 +44,18 @@ from qlora_lessons.lowrank import (
     summarize_low_rank,
 )
 from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
+from qlora_lessons.memory import (
+    MODEL_NAMES,
+    MemoryBreakdown,
+    bytes_per_param,
+    count_lora_parameters,
+    count_parameters,
+    model_config,
+)
+from qlora_lessons.memory_calculator import memory_calculator, plot_memory_breakdown, plot_memory_calculator
+from qlora_lessons.memory_estimate import estimate_training_memory
+from qlora_lessons.memory_standins import AdamW8bitState, NF4Linear
+from qlora_lessons.memory_trace import measure_training_memory, trace_training_memory
 from qlora_lessons.nf4 import (
     QuantState,
     dequantize_4bit,
@@ -75,6 +87,10 @@ __version__ = "0.1.0"
 __all__ = [
     # course and environment (lesson 00)
     "LESSONS", "Lesson", "course_mode", "describe_environment", "device", "seed_everything", "setup_lesson",
+    # memory maths (lesson 02)
+    "MODEL_NAMES", "AdamW8bitState", "MemoryBreakdown", "NF4Linear", "bytes_per_param", "count_lora_parameters",
+    "count_parameters", "estimate_training_memory", "measure_training_memory", "memory_calculator", "model_config",
+    "plot_memory_breakdown", "plot_memory_calculator", "trace_training_memory",
     # low rank (lesson 03)
     "LowRankSummary", "count_low_rank_params", "effective_rank", "low_rank_approx", "low_rank_factors",
     "random_matrix_like", "singular_value_energy", "summarize_low_rank", "plot_low_rank", "plot_spectrum",

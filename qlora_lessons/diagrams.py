@@ -38,6 +38,7 @@ def plot_flow(steps: Sequence[tuple[str, str]], title: str = "", colors: Sequenc
     if title:
         ax.set_title(title, fontsize=11)
     fig.tight_layout()
+    plt.close(fig)  # returned, not drawn twice: a notebook shows the returned figure once
     return fig
 
 

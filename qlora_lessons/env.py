@@ -145,7 +145,7 @@ def setup_lesson(seed: int = 0) -> str:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes logs a warning on CPU about an optional kernel package (with the machine's paths).
+    # bitsandbytes logs a line on CPU machines about an optional kernels package; the lessons say what runs where.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging

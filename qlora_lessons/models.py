@@ -109,7 +109,7 @@ def keep_4bit_training_layout(model: torch.nn.Module) -> int:
     return len(layers)
 
 
-def count_parameters(model: torch.nn.Module) -> int:
+def count_model_parameters(model: torch.nn.Module) -> int:
     """Number of parameters as the model was built (a 4-bit weight of n values counts n, not n / 2 bytes)."""
     total = 0
     for parameter in model.parameters():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qlora_lessons.course_model import corpus
-from qlora_lessons.models import COURSE_MODEL_DIR, count_parameters, load_model, resolve_model_path
+from qlora_lessons.models import COURSE_MODEL_DIR, count_model_parameters, load_model, resolve_model_path
 
 
 def test_checked_in_world_is_what_the_generator_writes():
@@ -78,7 +78,7 @@ def test_course_model_loads_in_nf4_with_double_quantization():
     assert state.quant_type == "nf4" and state.nested and state.blocksize == 64
     assert layer.weight.dtype == torch.uint8 and layer.weight.numel() == 256 * 256 // 2
     full, _ = load_model(device="cpu")
-    assert count_parameters(model) == count_parameters(full)
+    assert count_model_parameters(model) == count_model_parameters(full)
     batch = tokenizer(["The capital of"], return_tensors="pt")
     with torch.no_grad():
         logits4, logits = model(**batch).logits.float(), full(**batch).logits

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from qlora_lessons.data import Example, describe_task, load_task
-from qlora_lessons.evaluate import exact_match, generate_answers, normalize_answer
+from qlora_lessons.evaluate import (
+    answer_explorer,
+    exact_match,
+    exact_match_by,
+    generate_answers,
+    normalize_answer,
+    plot_exact_match,
+)
 from qlora_lessons.models import load_model
 from qlora_lessons.train import collate, encode_examples, finetune, learning_rate_at
 
@@ -50,6 +57,13 @@ def test_exact_match_counts_only_exact_answers(course):
     assert exact_match(_ScriptedModel(tokenizer, "Pellic Caldic ."), tokenizer, examples) == 0.0
     with pytest.raises(ValueError, match="empty"):
         exact_match(_ScriptedModel(tokenizer, "."), tokenizer, [])
+
+
+def test_raw_continuations_keep_everything_written(course):
+    _, tokenizer = course
+    scripted = _ScriptedModel(tokenizer, "Pellic . Q")
+    assert generate_answers(scripted, tokenizer, ["Q: a? A:"], normalize=False) == ["Pellic . Q"]
+    assert generate_answers(scripted, tokenizer, ["Q: a? A:"]) == ["Pellic"]
 
 
 def test_batched_generation_equals_one_at_a_time(course):
@@ -102,3 +116,30 @@ def test_finetune_rejects_bad_arguments(course):
             finetune(model, tokenizer, examples, progress=False, **kwargs)
     with pytest.raises(ValueError, match="empty"):
         finetune(model, tokenizer, [], progress=False)
+
+
+def test_exact_match_by_attribute_groups_and_averages(course):
+    _, tokenizer = course
+    examples = [Example("Q: a? A:", "Pellic", "X", "language"), Example("Q: b? A:", "Caldic", "Y", "language"),
+                Example("Q: c? A:", "Pellic", "X", "capital")]
+    scores = exact_match_by(_ScriptedModel(tokenizer, "Pellic ."), tokenizer, examples)
+    assert scores == {"language": 0.5, "capital": 1.0}
+    by_country = exact_match_by(_ScriptedModel(tokenizer, "Pellic ."), tokenizer, examples, key="country")
+    assert by_country == {"X": 1.0, "Y": 0.0}
+
+
+def test_plot_and_explorer_show_every_model(course):
+    import ipywidgets
+
+    model, tokenizer = course
+    figure = plot_exact_match({"a": {"capital": 0.5, "language": 1.0}, "b": {"capital": 0.0, "language": 0.2}},
+                              reference={"capital": 0.0, "language": 0.1})
+    assert len(figure.axes[0].patches) == 4
+    examples = load_task("test")[:3]
+    explorer = answer_explorer({"course model": model}, tokenizer, examples)
+    picker, shown = explorer.children
+    assert isinstance(picker, ipywidgets.Dropdown) and "course model" in shown.value
+    picker.value = 2
+    assert examples[2].answer in shown.value
+    with pytest.raises(ValueError):
+        answer_explorer({}, tokenizer, examples)

@@ -22,6 +22,7 @@ import nbformat
 
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 KEEP_CELL_METADATA = ("tags",)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
@@ -34,10 +35,11 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA})
         cell.pop("id", None)
         if cell.cell_type == "code":
+            # A widget (a slider, a progress bar) lives in the kernel; saved, it is only a placeholder such as
+            # "VBox(children=...)" or "  0%|  | 0/150". Readers on GitHub see the static figures instead.
+            cell.outputs = [o for o in cell.outputs if WIDGET_VIEW not in o.get("data", {})]
             for output in cell.outputs:
                 output.get("metadata", {}).pop("execution", None)
-                data = output.get("data", {})
-                data.pop("application/vnd.jupyter.widget-view+json", None)
     nb.nbformat, nb.nbformat_minor = 4, 4
     return nb
 

@@ -1,0 +1,131 @@
+"""Memory of fine-tuning, part 5: a figure of memory breakdowns against GPU sizes, and a calculator with knobs.
+
+``plot_memory_breakdown`` draws one stacked bar per setting (weights, quantization constants,
+adapters, optimizer state, gradients, activations) with the peak marked on it, against lines for
+common GPU memory sizes. ``memory_calculator`` wraps ``estimate_training_memory`` in ipywidgets so
+a reader can turn the knobs (model, method, dtype, optimizer, rank, batch, sequence length,
+checkpointing) and watch the bar move.
+
+Left out: multi-GPU sharding (the bars are for one device).
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+
+from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown
+from qlora_lessons.memory_estimate import METHODS, OPTIMIZERS, estimate_training_memory
+
+GPU_BUDGETS_GB = (16, 24, 48, 80)  # common GPU sizes: consumer 16/24 GB cards, 48 GB workstation cards, A100/H100 80 GB
+_COLORS = {"weights": "#4c72b0", "quant_constants": "#8172b2", "adapters": "#55a868", "optimizer": "#c44e52",
+           "gradients": "#dd8452", "activations": "#937860"}
+_ORDER = ("weights", "quant_constants", "adapters", "optimizer", "gradients", "activations")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=GPU_BUDGETS_GB, ax=None,
+                          title: str | None = None):
+    """One stacked bar per breakdown (GB), a black tick at its peak (``total``), dashed lines at GPU sizes.
+
+    The bar is every part held at once; the tick is lower when activations and gradients do not
+    coexist (the backward pass frees one as it makes the other). The dashed lines are the
+    ``budgets_gb`` below the tallest bar and the first one above it. Returns the matplotlib Axes.
+    Example: ``plot_memory_breakdown({"full": estimate_training_memory("llama-13b")})``.
+    """
+    if not isinstance(breakdowns, dict) or not breakdowns:
+        raise ValueError(f"breakdowns must be a non-empty dict of name -> MemoryBreakdown, got {breakdowns!r}")
+    for name, value in breakdowns.items():
+        if not isinstance(value, MemoryBreakdown):
+            raise TypeError(f"breakdowns[{name!r}] must be a MemoryBreakdown, got {type(value).__name__}")
+    if ax is None:
+        _, ax = plt.subplots()
+    names = list(breakdowns)
+    for index, name in enumerate(names):
+        bottom = 0.0
+        for part in _ORDER:
+            height = getattr(breakdowns[name], part) / 1e9
+            ax.bar(index, height, bottom=bottom, color=_COLORS[part], width=0.6,
+                   label=part.replace("_", " ") if index == 0 else None)
+            bottom += height
+        peak = breakdowns[name].total / 1e9
+        ax.plot([index - 0.35, index + 0.35], [peak, peak], color="black", linewidth=2.5,
+                label="peak" if index == 0 else None)
+        ax.annotate(f"{peak:.1f}", (index, peak), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    top = max(sum(getattr(b, part) for part in _ORDER) for b in breakdowns.values()) / 1e9
+    above = [budget for budget in sorted(budgets_gb) if budget > top][:1]  # the smallest GPU that holds every bar
+    for budget in [budget for budget in sorted(budgets_gb) if budget <= top] + above:
+        ax.axhline(budget, color="gray", linestyle="--", linewidth=0.8)
+        ax.text(len(names) - 0.55, budget, f"{budget} GB GPU", va="bottom", ha="right", fontsize=7, color="dimgray",
+                zorder=5, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 0.5})
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel("GB (1e9 bytes)")
+    ax.set_title(title or "memory of one training step")
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", lora_r=8,
+                        targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False)
+
+
+def plot_memory_calculator(**knobs):
+    """Draw what ``memory_calculator`` draws for ``knobs`` (the keys of ``CALCULATOR_START``, which fills the rest).
+
+    Returns the ``MemoryBreakdown`` it drew. Example: ``plot_memory_calculator()`` draws the opening setting,
+    LLaMA-13B QLoRA in bfloat16; ``plot_memory_calculator(method="full")`` the full fine-tune.
+    """
+    unknown = set(knobs) - set(CALCULATOR_START)
+    if unknown:
+        raise ValueError(f"unknown calculator knobs {sorted(unknown)}; the knobs are {list(CALCULATOR_START)}")
+    values = {**CALCULATOR_START, **knobs}
+    if values["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {values['dtype']!r}")
+    targets = "all-linear" if values["targets"] == "all-linear" else tuple(values["targets"].split(", "))
+    estimate = estimate_training_memory(values["model"], method=values["method"], weight_dtype=DTYPES[values["dtype"]],
+                                        optimizer=values["optimizer"], lora_r=values["lora_r"], lora_targets=targets,
+                                        batch_size=values["batch_size"], seq_len=values["seq_len"],
+                                        gradient_checkpointing=values["checkpointing"])
+    label = f"{values['model']} {values['method']}"
+    plot_memory_breakdown({label: estimate}, title=f"{label}, {values['dtype']}: peak {estimate.total / 1e9:.1f} GB")
+    return estimate
+
+
+def memory_calculator():
+    """An ipywidgets calculator: pick model, method, dtype, optimizer, rank, batch, sequence length, checkpointing.
+
+    Returns the widget (the last line of a notebook cell shows it); each change redraws the bar of
+    ``estimate_training_memory`` for the setting against the GPU budget lines (``plot_memory_calculator``).
+    Example: ``memory_calculator()`` as the last line of a cell.
+    """
+    import ipywidgets as widgets
+
+    start = CALCULATOR_START
+    knobs = {
+        "model": widgets.Dropdown(options=MODEL_NAMES, value=start["model"], description="model"),
+        "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
+        "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
+        "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
+        "lora_r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["lora_r"], description="LoRA rank"),
+        "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["targets"],
+                                    description="LoRA on"),
+        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch"),
+        "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],
+                                    description="seq len"),
+        "checkpointing": widgets.Checkbox(value=start["checkpointing"], description="gradient checkpointing"),
+    }
+    out = widgets.Output()
+
+    def redraw(**values) -> None:
+        with out:
+            out.clear_output(wait=True)
+            print(plot_memory_calculator(**values))
+            plt.show()
+
+    class MemoryCalculator(widgets.VBox):
+        def __repr__(self) -> str:  # what a saved notebook shows where the live widget was
+            return "memory calculator: run this cell with a live kernel to turn the knobs"
+
+    widgets.interactive_output(redraw, knobs)
+    return MemoryCalculator([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out])

@@ -1,0 +1,30 @@
+"""Lesson 02's self-checks pass their own solutions and fail wrong answers."""
+
+from qlora_lessons.exercises import lesson02
+
+
+def test_each_check_passes_its_solution():
+    assert lesson02.check_full_finetune_bytes(lesson02.solution_full_finetune_bytes())
+    assert lesson02.check_lora_parameters(lesson02.solution_lora_parameters)
+    assert lesson02.check_double_quant_bits(lesson02.solution_double_quant_bits())
+    assert lesson02.check_largest_batch(lesson02.solution_largest_batch())
+
+
+def test_each_check_fails_a_wrong_answer(capsys):
+    assert not lesson02.check_full_finetune_bytes(4 * 7_000_000_000)  # weights only
+    assert not lesson02.check_lora_parameters(lambda config, r, targets: config.num_hidden_layers * r * 2)
+    assert not lesson02.check_lora_parameters(lambda config, r, targets: 1 / 0)  # a crash is reported, not raised
+    assert not lesson02.check_lora_parameters(12)
+    assert not lesson02.check_double_quant_bits(4.5)  # without double quantization
+    assert not lesson02.check_largest_batch(lesson02.solution_largest_batch() + 1)
+    assert capsys.readouterr().out.count("✗") == 6
+
+
+def test_a_learner_who_forgets_grouped_query_attention_is_told():
+    def all_heads(config, r, targets):
+        h, i = config.hidden_size, config.intermediate_size
+        shapes = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
+                  "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+        return config.num_hidden_layers * sum(r * sum(shapes[name]) for name in targets)
+
+    assert not lesson02.check_lora_parameters(all_heads)  # right for llama-7b, wrong for llama-2-70b

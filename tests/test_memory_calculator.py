@@ -1,0 +1,62 @@
+"""qlora_lessons.memory_calculator: the breakdown figure and the widget calculator."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from qlora_lessons import (  # noqa: E402
+    estimate_training_memory,
+    memory_calculator,
+    plot_memory_breakdown,
+    plot_memory_calculator,
+)
+
+
+def test_one_stacked_bar_per_setting_with_its_peak():
+    settings = {"full": estimate_training_memory("llama-13b"),
+                "QLoRA": estimate_training_memory("llama-13b", method="qlora", weight_dtype=torch.bfloat16)}
+    ax = plot_memory_breakdown(settings)
+    assert len(ax.patches) == 6 * len(settings)  # six parts per bar
+    heights = [sum(p.get_height() for p in ax.patches[6 * i:6 * i + 6]) for i in range(2)]
+    for height, breakdown in zip(heights, settings.values(), strict=True):
+        assert height == pytest.approx(sum(breakdown.parts().values()) / 1e9)
+    peaks = [line.get_ydata()[0] for line in ax.lines if line.get_color() == "black"]
+    assert peaks == pytest.approx([b.total / 1e9 for b in settings.values()])
+    budgets = {round(line.get_ydata()[0]) for line in ax.lines if line.get_linestyle() == "--"}
+    assert budgets == {16, 24, 48, 80}  # all below the full fine-tune's 210 GB
+    plt.close("all")
+
+
+def test_plot_rejects_what_is_not_a_breakdown():
+    with pytest.raises(ValueError, match="breakdowns"):
+        plot_memory_breakdown({})
+    with pytest.raises(TypeError, match="breakdowns"):
+        plot_memory_breakdown({"x": 208e9})
+
+
+def test_the_calculator_redraws_when_a_knob_turns():
+    calculator = memory_calculator()
+    first_row, second_row, out = calculator.children
+    knobs = {widget.description: widget for widget in first_row.children + second_row.children}
+    assert {"model", "method", "dtype", "optimizer", "LoRA rank", "batch", "seq len"} <= set(knobs)
+    knobs["method"].value = "full"
+    knobs["model"].value = "llama-7b"
+    knobs["gradient checkpointing"].value = True
+    assert out is calculator.children[-1]
+    plt.close("all")
+
+
+def test_the_calculators_figure_is_the_estimate_of_its_knobs():
+    drawn = plot_memory_calculator(method="full", dtype="float32", model="llama-7b")
+    assert drawn == estimate_training_memory("llama-7b", method="full", weight_dtype=torch.float32)
+    assert plot_memory_calculator().total == estimate_training_memory(
+        "llama-13b", method="qlora", weight_dtype=torch.bfloat16).total  # the opening setting
+    with pytest.raises(ValueError, match="knobs"):
+        plot_memory_calculator(rank=8)
+    with pytest.raises(ValueError, match="dtype"):
+        plot_memory_calculator(dtype="int8")
+    plt.close("all")
