@@ -80,7 +80,7 @@ from qlora_lessons.paging import (
 )
 from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
 from qlora_lessons.qlora_memory import TrainingMemory, count_training_memory, measure_peak_bytes, random_causal_lm
-from qlora_lessons.qlora_plots import answer_explorer, answer_table, plot_loss_curves, plot_training_memory
+from qlora_lessons.qlora_plots import answer_table, plot_loss_curves, plot_training_memory
 
 __version__ = "0.1.0"
 
@@ -109,6 +109,5 @@ __all__ = [
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
     # QLoRA (lesson 08)
     "Dequantize4bitLinear", "QLoRALinear", "prepare_qlora", "TrainingMemory", "count_training_memory",
-    "measure_peak_bytes", "random_causal_lm", "answer_explorer", "answer_table", "plot_loss_curves",
-    "plot_training_memory",
+    "measure_peak_bytes", "random_causal_lm", "answer_table", "plot_loss_curves", "plot_training_memory",
 ]

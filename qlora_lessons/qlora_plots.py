@@ -3,7 +3,7 @@
 - ``plot_loss_curves(results)``: the training loss of each run, step by step and smoothed.
 - ``plot_training_memory(memories)``: stacked bars of the bytes each setup holds, by kind.
 - ``answer_table(models, tokenizer, examples)``: each question, its answer and every model's answer.
-- ``answer_explorer(models, tokenizer, examples)``: a widget to pick a question and see the answers.
+  (The widget to pick one question and see the answers is ``evaluate.answer_explorer``.)
 """
 
 from __future__ import annotations
@@ -98,24 +98,3 @@ def answer_table(models: Mapping[str, torch.nn.Module], tokenizer, examples: Seq
                  for label in models]
         rows.append(f"{prompt:<{width}}  {expected:<10}  " + "  ".join(cells))
     return "\n".join(rows)
-
-
-def answer_explorer(models: Mapping[str, torch.nn.Module], tokenizer, examples: Sequence, index: int = 0):
-    """A widget: pick one of ``examples`` and see what every model answers. Returns an ipywidgets VBox.
-
-    Example: ``answer_explorer({"base": base, "QLoRA": model}, tokenizer, load_task("test"))``.
-    """
-    import ipywidgets as widgets
-
-    if not 0 <= index < len(examples):
-        raise ValueError(f"index must be in 0..{len(examples) - 1}, got {index!r}")
-    options = [(_field(e, "prompt"), i) for i, e in enumerate(examples)]
-    question = widgets.Dropdown(options=options, value=index, description="question", layout={"width": "95%"})
-    table = widgets.HTML()
-
-    def show(_=None) -> None:
-        table.value = f"<pre>{answer_table(models, tokenizer, [examples[question.value]])}</pre>"
-
-    question.observe(show, names="value")
-    show()
-    return widgets.VBox([question, table])

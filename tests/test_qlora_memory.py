@@ -137,7 +137,7 @@ def test_measure_peak_bytes_sees_a_temporary_allocation():
 def test_pictures_and_the_answer_widget():
     from transformers import PreTrainedTokenizerFast
 
-    from qlora_lessons.qlora_plots import answer_explorer, answer_table, plot_loss_curves, plot_training_memory
+    from qlora_lessons.qlora_plots import answer_table, plot_loss_curves, plot_training_memory
     from qlora_lessons.train import TrainResult
 
     result = TrainResult(losses=tuple(float(x) for x in torch.linspace(3, 0.1, 30)), seconds=1.0, steps=30,
@@ -168,9 +168,3 @@ def test_pictures_and_the_answer_widget():
     examples = [{"prompt": "Q A", "answer": "Tarvesk"}, {"prompt": "Q Q A", "answer": "Orlan"}]
     table = answer_table({"right": Echo(3), "wrong": Echo(4)}, tokenizer, examples)
     assert table.splitlines()[1].split()[-4:] == ["Tarvesk", "✓", "Orlan", "✗"]
-    widget = answer_explorer({"right": Echo(3)}, tokenizer, examples, index=1)
-    assert "Orlan" in widget.children[1].value and "✗" in widget.children[1].value
-    widget.children[0].value = 0
-    assert "✓" in widget.children[1].value
-    with pytest.raises(ValueError, match="index"):
-        answer_explorer({"right": Echo(3)}, tokenizer, examples, index=5)
