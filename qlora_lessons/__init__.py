@@ -3,7 +3,7 @@
 One module per concept, in lesson order; each is importable on its own. This file only re-exports.
 """
 
-from qlora_lessons.adam8bit import AdamW8bit, plot_loss_curves
+from qlora_lessons.adam8bit import AdamW8bit
 from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
 from qlora_lessons.blockwise import QuantError, dequantize_int, quantization_error, quantize_int
 from qlora_lessons.course import LESSONS, Lesson
@@ -81,6 +81,10 @@ from qlora_lessons.paging import (
     record_memory_timeline,
 )
 from qlora_lessons.paging_plots import budget_slider
+from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
+from qlora_lessons.qlora_memory import TrainingMemory, count_training_memory, measure_peak_bytes, random_causal_lm
+from qlora_lessons.qlora_plots import answer_table, plot_training_memory
+from qlora_lessons.train import TrainResult, finetune, plot_loss_curves
 
 __version__ = "0.1.0"
 
@@ -110,5 +114,10 @@ __all__ = [
     # absmax integer codes (lesson 05)
     "dequantize_int", "quantize_int",
     # AdamW by hand and 8-bit optimizer state (lesson 07)
-    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "plot_loss_curves", "budget_slider",
+    "adamw_update_", "check_adamw_hyperparameters", "AdamW8bit", "budget_slider",
+    # QLoRA (lesson 08)
+    "Dequantize4bitLinear", "QLoRALinear", "prepare_qlora", "TrainingMemory", "count_training_memory",
+    "measure_peak_bytes", "random_causal_lm", "answer_table", "plot_training_memory",
+    # fine-tuning loop and its loss curves (lessons 01, 04, 07, 08)
+    "TrainResult", "finetune", "plot_loss_curves",
 ]

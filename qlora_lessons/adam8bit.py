@@ -31,8 +31,7 @@ rounds the tiniest v up to a positive level; tests/test_adam8bit.py reproduces i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import torch
 
@@ -42,10 +41,7 @@ from qlora_lessons.double_quant import Blockwise8bitState, dequantize_blockwise_
 from qlora_lessons.nf4_kernels import level_table, nearest_levels
 from qlora_lessons.paging_state import BLOCKSIZE_8BIT, MIN_8BIT_SIZE
 
-if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
-    from matplotlib.figure import Figure
-
-__all__ = ["AdamW8bit", "plot_loss_curves"]
+__all__ = ["AdamW8bit"]
 
 
 class AdamW8bit(torch.optim.Optimizer):
@@ -213,29 +209,3 @@ class AdamW8bit(torch.optim.Optimizer):
         for saved_id, p in zip(saved_ids, params):
             for key, value in state_dict["state"].get(saved_id, {}).items():
                 self.state[p][key] = torch.as_tensor(value).to("cpu" if key == "step" else p.device, copy=True)
-
-
-def plot_loss_curves(curves: Mapping[str, Sequence[float]], title: str = "") -> Figure:
-    """Training losses step by step (left) and each curve minus the first one (right).
-
-    Example: ``plot_loss_curves({"AdamW": result32.losses, "AdamW8bit": result8.losses})`` -> a Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    if not isinstance(curves, Mapping) or not curves or not all(len(c) for c in curves.values()):
-        raise ValueError("curves must map at least one name to a non-empty sequence of losses")
-    (first_name, first), *others = curves.items()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.0))
-    for name, losses in curves.items():
-        left.plot(range(1, len(losses) + 1), losses, label=name, linewidth=1)
-    for name, losses in others:
-        n = min(len(losses), len(first))
-        right.plot(range(1, n + 1), [a - b for a, b in zip(losses[:n], first[:n])], label=f"{name} - {first_name}")
-    right.axhline(0.0, color="gray", linewidth=0.5)
-    left.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
-    right.set(xlabel="step", ylabel="loss difference", title="difference from " + first_name)
-    for ax in (left, right):
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig

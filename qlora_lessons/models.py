@@ -51,7 +51,8 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
 
     ``quantization=None`` loads the checkpoint's own dtype (float32 for the course model) unless
     ``dtype`` is given; ``"nf4"``/``"fp4"`` stores the linear layers in 4 bits (``double_quant``
-    quantizes their constants too) and computes in ``compute_dtype``. ``device=None`` is the course
+    quantizes their constants too) and computes in ``compute_dtype`` (on the CPU, in the layout it trains
+    in: see ``keep_4bit_training_layout``). ``device=None`` is the course
     device (``cuda`` in GPU mode, else ``cpu``). The tokenizer pads on the left, for batched generation.
 
     Example: ``model, tokenizer = load_model()`` -> the course model (about 2.8M parameters) on the CPU.
@@ -82,11 +83,30 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
         ) from error
     if quantization is None:
         model.to(target)
+    elif target.type == "cpu":
+        keep_4bit_training_layout(model)
     if tokenizer.pad_token is None:  # many hub models have none; generation needs one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
+
+
+def keep_4bit_training_layout(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from re-packing 4-bit weights for its CPU inference kernel; return how many layers.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 (``Linear4bit.forward``): the first forward in eval mode
+    without gradients re-packs the weight for a fused bfloat16 kernel, rounds its constants to bfloat16
+    and undoes double quantization, in place. That kernel has no backward, so a model evaluated before it
+    is fine-tuned trains with no gradient through its 4-bit layers (only a UserWarning says so), and the
+    same model answers differently on CPUs with and without AVX512-BF16. ``load_model`` calls this for
+    4-bit models on the CPU: the weights stay as quantized, the ordinary dequantize-and-matmul path runs.
+    Example: ``keep_4bit_training_layout(model)`` -> 28 for the course model loaded in 4 bits.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def count_model_parameters(model: torch.nn.Module) -> int:

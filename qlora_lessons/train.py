@@ -142,3 +142,52 @@ def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: in
     model.eval()
     return TrainResult(losses=tuple(losses), seconds=time.perf_counter() - start, steps=steps,
                        examples_seen=steps * batch_size, trainable_parameters=sum(p.numel() for p in trainable))
+
+
+def plot_loss_curves(curves, *, window: int = 1, difference: bool = False, title: str = "Training loss"):
+    """The loss at every step of one or more runs, on a log scale; one figure for every lesson.
+
+    ``curves`` maps a label to a ``TrainResult`` (its label then shows the final loss) or to a sequence
+    of losses. With ``window`` > 1 each run is drawn thin, with its moving average thick:
+    smoothed_t = mean(loss_{t - window + 1} .. loss_t) (fewer terms at the start). With
+    ``difference=True`` a second panel shows every run minus the first one.
+    Example: ``plot_loss_curves({"full": full_run, "LoRA": lora_run}, window=10)`` -> a Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError("curves must map at least one label to a TrainResult or a sequence of losses")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    losses = {}
+    for label, curve in curves.items():
+        values = curve.losses if isinstance(curve, TrainResult) else curve
+        if isinstance(values, (str, bytes)) or len(values) == 0:
+            raise ValueError(f"curve {label!r} has no losses")
+        losses[label] = [float(v) for v in values]
+    fig, axes = plt.subplots(1, 2 if difference else 1, figsize=(8.0 if difference else 6.4, 3.0), squeeze=False)
+    ax = axes[0, 0]
+    for label, values in losses.items():
+        name = label + (f" (final {curves[label].final_loss:.3f})" if isinstance(curves[label], TrainResult) else "")
+        if window == 1:
+            ax.plot(range(1, len(values) + 1), values, label=name, linewidth=1)
+            continue
+        line, = ax.plot(range(1, len(values) + 1), values, linewidth=0.6, alpha=0.4)
+        smoothed = [sum(values[max(0, t - window + 1): t + 1]) / (t + 1 - max(0, t - window + 1))
+                    for t in range(len(values))]
+        ax.plot(range(1, len(values) + 1), smoothed, color=line.get_color(), linewidth=2, label=name)
+    ax.set(xlabel="step", ylabel="loss on answer tokens", yscale="log", title=title)
+    ax.legend(fontsize="small")
+    if difference:
+        (first_label, first), *others = losses.items()
+        right = axes[0, 1]
+        for label, values in others:
+            n = min(len(values), len(first))
+            gaps = [a - b for a, b in zip(values[:n], first[:n])]
+            right.plot(range(1, n + 1), gaps, label=f"{label} - {first_label}")
+        right.axhline(0.0, color="gray", linewidth=0.5)
+        right.set(xlabel="step", ylabel="loss difference", title=f"difference from {first_label}")
+        right.legend(fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)  # returned, so a notebook cell shows it once
+    return fig

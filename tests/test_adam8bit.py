@@ -362,14 +362,3 @@ def test_moments_before_the_first_step_are_zero_and_blocks_of_the_state_rebuild(
     rebuilt = dequantize_blockwise_8bit(state["exp_avg_codes"], Blockwise8bitState(
         state["exp_avg_absmax"], dynamic_map(True), 256, (5000,), torch.float32))
     assert torch.equal(optimizer.moments(p)[0], rebuilt)
-
-
-def test_plot_loss_curves_draws_the_curves_and_their_difference():
-    from qlora_lessons.adam8bit import plot_loss_curves
-
-    figure = plot_loss_curves({"AdamW": [3.0, 2.0, 1.0], "AdamW8bit": [3.0, 2.5, 1.5]})
-    left, right = figure.axes
-    assert len(left.get_lines()) == 2
-    assert list(right.get_lines()[0].get_ydata()) == [0.0, 0.5, 0.5]
-    with pytest.raises(ValueError, match="curves must map"):
-        plot_loss_curves({})

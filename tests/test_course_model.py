@@ -87,6 +87,22 @@ def test_course_model_loads_in_nf4_with_double_quantization():
     assert logits4[0, -1].argmax() == logits[0, -1].argmax()
 
 
+def test_a_4bit_model_evaluated_first_still_trains_through_its_4bit_layers():
+    # bitsandbytes 0.50 re-packs 4-bit weights for a CPU inference kernel without a backward at the first
+    # eval-mode forward on AVX512-BF16 CPUs; load_model keeps the trainable layout on every CPU.
+    model, tokenizer = load_model(quantization="nf4", double_quant=True, device="cpu")
+    layer = model.model.layers[0].mlp.down_proj
+    packed = layer.weight.detach().clone()
+    batch = tokenizer(["The capital of"], return_tensors="pt")
+    with torch.no_grad():
+        model(**batch)  # eval mode, no gradients: where bitsandbytes would re-pack
+    assert torch.equal(layer.weight.detach(), packed) and layer.weight.quant_state.nested
+    model.train()
+    embeddings = model.model.embed_tokens(batch["input_ids"]).detach().requires_grad_(True)
+    model(inputs_embeds=embeddings).logits.sum().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0  # through all four 4-bit blocks
+
+
 def test_hub_id_while_offline_says_how_to_use_the_course_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"load_model\('course-model'\).*path"):

@@ -73,3 +73,17 @@ def test_seed_everything_repeats_draws():
     assert torch.equal(a, torch.rand(4))
     with pytest.raises(ValueError, match="seed"):
         env.seed_everything(-1)
+
+
+def test_setup_lesson_seeds_and_quiets_bitsandbytes(capsys, monkeypatch):
+    import logging
+    import warnings
+
+    monkeypatch.setenv("QLORA_LESSONS_MODE", "cpu")
+    with warnings.catch_warnings():  # setup_lesson changes the warning filters; keep them local to this test
+        assert env.setup_lesson(seed=3) == "cpu"
+        first = torch.rand(3)
+        env.setup_lesson(seed=3)
+        assert torch.equal(first, torch.rand(3))
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() == logging.ERROR
+    assert "course mode: cpu (device cpu, seed 3)" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from qlora_lessons.evaluate import (
     plot_exact_match,
 )
 from qlora_lessons.models import load_model
-from qlora_lessons.train import collate, encode_examples, finetune, learning_rate_at
+from qlora_lessons.train import TrainResult, collate, encode_examples, finetune, learning_rate_at, plot_loss_curves
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,23 @@ def test_plot_and_explorer_show_every_model(course):
     assert examples[2].answer in shown.value
     with pytest.raises(ValueError):
         answer_explorer({}, tokenizer, examples)
+
+
+def test_loss_curves_smoothed_with_final_loss_and_difference():
+    result = TrainResult(losses=tuple(float(x) for x in torch.linspace(3, 0.1, 30)), seconds=1.0, steps=30,
+                         examples_seen=960, trainable_parameters=10)
+    figure = plot_loss_curves({"QLoRA": result}, window=10)
+    ax = figure.axes[0]
+    assert "final 0.200" in ax.get_legend().get_texts()[0].get_text()
+    raw, smoothed = ax.get_lines()
+    assert smoothed.get_ydata()[9] == pytest.approx(sum(result.losses[:10]) / 10)
+    assert smoothed.get_ydata()[0] == pytest.approx(result.losses[0])
+    left, right = plot_loss_curves({"AdamW": [3.0, 2.0, 1.0], "AdamW8bit": [3.0, 2.5, 1.5]}, difference=True).axes
+    assert len(left.get_lines()) == 2
+    assert list(right.get_lines()[0].get_ydata()) == [0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="window"):
+        plot_loss_curves({"QLoRA": result}, window=0)
+    with pytest.raises(ValueError, match="curves must map"):
+        plot_loss_curves({})
+    with pytest.raises(ValueError, match="no losses"):
+        plot_loss_curves({"empty": []})
