@@ -1,6 +1,6 @@
 """LoRALinear against peft's LoRA layer: agreement (max abs differences) and forward time, in one run.
 
-Run by hand: ``.venv/bin/python benchmarks/lora_vs_peft.py [--device cuda]``. Prints
+Run by hand: ``.venv/bin/python benchmarks/bench_lora.py [--device cuda]``. Prints
 - the max abs differences to peft (forward, grad A, grad B) on a (1024 -> 1024, r = 16) layer in float32
   (``--features 4096`` on a GPU),
 - the logits difference after ``save_as_peft`` -> ``peft.PeftModel.from_pretrained`` on a tiny Llama,
