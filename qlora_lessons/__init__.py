@@ -23,6 +23,7 @@ from qlora_lessons.lora import (
     TrainableCount,
     adapter_names,
     add_lora,
+    count_lora_params,
     count_trainable,
     disable_adapter,
     linear_layer_names,
@@ -33,6 +34,7 @@ from qlora_lessons.lora import (
     unmerge_lora,
 )
 from qlora_lessons.lora_peft import load_peft_adapter, save_as_peft
+from qlora_lessons.lora_plots import describe_lora_size, lora_calculator, plot_trainable_vs_rank
 from qlora_lessons.lowrank import (
     LowRankSummary,
     count_low_rank_params,
@@ -43,7 +45,7 @@ from qlora_lessons.lowrank import (
     singular_value_energy,
     summarize_low_rank,
 )
-from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
+from qlora_lessons.lowrank_plots import plot_energy_by_layer, plot_low_rank, plot_spectrum, rank_slider, sample_image
 from qlora_lessons.nf4 import (
     QuantState,
     dequantize_4bit,
@@ -88,4 +90,6 @@ __all__ = [
     # paged optimizers (lesson 07)
     "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
     "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
+    # lessons 03-04 notebooks: energy by layer type, LoRA's size
+    "plot_energy_by_layer", "count_lora_params", "describe_lora_size", "lora_calculator", "plot_trainable_vs_rank",
 ]
