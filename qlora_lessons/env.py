@@ -15,6 +15,7 @@ Left out: multi-GPU setups (the course uses one device) and Apple's MPS backend 
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
@@ -144,6 +145,8 @@ def setup_lesson(seed: int = 0) -> str:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes (imported by peft too) logs a warning on CPUs about an optional kernel package.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 
