@@ -25,6 +25,7 @@ from qlora_lessons.lora import (
     TrainableCount,
     adapter_names,
     add_lora,
+    count_lora_params,
     count_trainable,
     disable_adapter,
     linear_layer_names,
@@ -35,6 +36,7 @@ from qlora_lessons.lora import (
     unmerge_lora,
 )
 from qlora_lessons.lora_peft import load_peft_adapter, save_as_peft
+from qlora_lessons.lora_plots import describe_lora_size, lora_calculator, plot_trainable_vs_rank
 from qlora_lessons.lowrank import (
     LowRankSummary,
     count_low_rank_params,
@@ -45,7 +47,7 @@ from qlora_lessons.lowrank import (
     singular_value_energy,
     summarize_low_rank,
 )
-from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image
+from qlora_lessons.lowrank_plots import plot_energy_by_layer, plot_low_rank, plot_spectrum, rank_slider, sample_image
 from qlora_lessons.memory import (
     MODEL_NAMES,
     MemoryBreakdown,
@@ -120,4 +122,6 @@ __all__ = [
     "measure_peak_bytes", "random_causal_lm", "answer_table", "plot_training_memory",
     # fine-tuning loop and its loss curves (lessons 01, 04, 07, 08)
     "TrainResult", "finetune", "plot_loss_curves",
+    # lessons 03-04 notebooks: energy by layer type, LoRA's size
+    "plot_energy_by_layer", "count_lora_params", "describe_lora_size", "lora_calculator", "plot_trainable_vs_rank",
 ]

@@ -8,7 +8,7 @@ This module does what peft's ``get_peft_model`` does, by hand:
   name matches a layer whose full name equals it or ends in ``.name``; ``"all-linear"`` takes every
   linear layer except the output head (peft's ``_maybe_include_all_linear_layers`` also leaves out
   ``get_output_embeddings()``, the ``lm_head``).
-- ``count_trainable(model)``: trainable against total parameters.
+- ``count_trainable(model)``: trainable against total parameters; ``count_lora_params`` before adding.
 - Several named adapters on one frozen base: ``add_lora(..., adapter_name="b")``, ``set_adapter``,
   ``adapter_names``, and ``disable_adapter`` to run the base alone.
 - ``merge_lora`` / ``unmerge_lora`` and ``merge_and_unload`` (plain ``nn.Linear`` layers again).
@@ -29,9 +29,9 @@ from qlora_lessons.lora_layer import LoRALinear, check_lora_hyperparameters
 
 ALL_LINEAR = "all-linear"  # peft's INCLUDE_LINEAR_LAYERS_SHORTHAND
 
-__all__ = ["ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_trainable",
-           "disable_adapter", "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora", "set_adapter",
-           "unmerge_lora"]
+__all__ = ["ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_lora_params",
+           "count_trainable", "disable_adapter", "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora",
+           "set_adapter", "unmerge_lora"]
 
 
 def _check_model(model: nn.Module) -> None:
@@ -101,6 +101,29 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
     return list(selected)
 
 
+def _check_rank_fits(model: nn.Module, names: list[str], r: int) -> None:
+    for name in names:
+        layer = model.get_submodule(name)
+        smallest = min(layer.in_features, layer.out_features)
+        if r > smallest:
+            raise ValueError(f"r must be <= min(in_features, out_features) = {smallest} for {name} "
+                             f"({layer.in_features} -> {layer.out_features}), got r={r}")
+
+
+def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8) -> int:
+    """The number of parameters ``add_lora(model, target_modules, r)`` would add, without changing the model.
+
+    Equation: sum over the targeted layers W0 (out, in) of r (in + out) (A is (r, in), B is (out, r)).
+    Shapes: a model in, an int out. Example: a 2-layer Llama with hidden 64 -> ``count_lora_params(model,
+    ["q_proj", "v_proj"], r=4)`` = 2 layers * 2 matrices * 4 * (64 + 64) = 2,048.
+    """
+    _check_model(model)
+    check_lora_hyperparameters(r, 1.0, 0.0)
+    names = _resolve_targets(model, target_modules)
+    _check_rank_fits(model, names, r)
+    return sum(r * (layer.in_features + layer.out_features) for layer in map(model.get_submodule, names))
+
+
 def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8,
              alpha: float = 16, dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
     """Put a LoRA adapter on the targeted linear layers, in place; freeze everything else; return the model.
@@ -121,12 +144,7 @@ def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", 
     if any(layer.merged_adapter is not None for layer in lora_layers(model).values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
     names = _resolve_targets(model, target_modules)
-    for name in names:  # every check before the first change, so a bad call leaves the model as it was
-        layer = model.get_submodule(name)
-        smallest = min(layer.in_features, layer.out_features)
-        if r > smallest:
-            raise ValueError(f"r must be <= min(in_features, out_features) = {smallest} for {name} "
-                             f"({layer.in_features} -> {layer.out_features}), got r={r}")
+    _check_rank_fits(model, names, r)  # every check before the first change, so a bad call leaves the model alone
     model.requires_grad_(False)
     for name in names:
         layer = model.get_submodule(name)

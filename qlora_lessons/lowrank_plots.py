@@ -4,6 +4,8 @@
   Frobenius norm, and the energy each captures at every rank. A low-rank matrix puts its energy in
   the first few singular values; the random one spreads it out.
 - ``plot_low_rank(W, ranks)``: W next to its best rank-r approximations, with their errors.
+- ``plot_energy_by_layer(groups)``: the energy captured at each rank by groups of matrices (the
+  update of every q_proj of a model, every v_proj, ...), against random matrices of the same shapes.
 - ``rank_slider(W)``: an ipywidgets slider over r that shows W next to its best rank-r
   approximation, with the relative error and the parameter count.
 - ``sample_image(size)``: a grayscale photograph (matplotlib's bundled sample of Grace Hopper) as a
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,6 +59,40 @@ def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None
     ax_e.set(xlabel="rank r", ylabel="energy captured", ylim=(0, 1.02), title="energy of the best rank-r")
     ax_e.axhline(0.9, color="grey", linewidth=0.5)
     ax_s.legend(fontsize="small")
+    plt.close(fig)
+    return fig
+
+
+def plot_energy_by_layer(groups: dict[str, Sequence[torch.Tensor]], max_rank: int = 64, seed: int = 0) -> Figure:
+    """Plot the energy captured at ranks 1..max_rank, averaged over each group of matrices, against random.
+
+    Equation: energy(r) = (S[0]^2 + ... + S[r-1]^2) / ||W||_F^2, the mean over a group's matrices; the
+    dashed grey lines are ``random_matrix_like(W, seed)`` for each distinct shape (a shape and its
+    transpose have the same singular values, so they share a line).
+    Shapes: each matrix (m, n) with min(m, n) >= max_rank.
+    Example: ``plot_energy_by_layer({"q_proj": [dW0, dW1], "down_proj": [dW2, dW3]}, max_rank=64)``.
+    Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(groups, dict) or not groups or not all(len(matrices) for matrices in groups.values()):
+        raise ValueError("groups must be a non-empty dict of name -> non-empty list of matrices")
+    matrices = {name: [_check_matrix(W, f"groups[{name!r}]") for W in group] for name, group in groups.items()}
+    smallest = min(min(W.shape) for group in matrices.values() for W in group)
+    if not isinstance(max_rank, int) or isinstance(max_rank, bool) or not 1 <= max_rank <= smallest:
+        raise ValueError(f"max_rank must be an int between 1 and the smallest min(m, n) = {smallest}, got {max_rank!r}")
+    ranks = range(1, max_rank + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
+    for name, group in matrices.items():
+        mean = torch.stack([singular_value_energy(W)[:max_rank].float() for W in group]).mean(0)
+        ax.plot(ranks, mean.numpy(), label=name)
+    shapes = {tuple(sorted(W.shape)): W for group in matrices.values() for W in group}  # one example per shape
+    for (m, n), W in shapes.items():
+        ax.plot(ranks, singular_value_energy(random_matrix_like(W, seed=seed))[:max_rank].numpy(), "--",
+                color="grey", linewidth=1, label=f"random {m}x{n}")
+    ax.axhline(0.9, color="grey", linewidth=0.5)
+    ax.set(xlabel="rank r", ylabel="energy captured", ylim=(0, 1.02), title="energy of the best rank-r")
+    ax.legend(fontsize="small", ncol=2, loc="lower right")
     plt.close(fig)
     return fig
 

@@ -75,15 +75,20 @@ def test_seed_everything_repeats_draws():
         env.seed_everything(-1)
 
 
-def test_setup_lesson_seeds_and_quiets_bitsandbytes(capsys, monkeypatch):
+def test_setup_lesson_seeds_and_quiets_library_logs(monkeypatch, capsys):
     import logging
     import warnings
 
+    import matplotlib
+
     monkeypatch.setenv("QLORA_LESSONS_MODE", "cpu")
-    with warnings.catch_warnings():  # setup_lesson changes the warning filters; keep them local to this test
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))  # setup_lesson's filters end with the test
+    logger = logging.getLogger("bitsandbytes")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    with matplotlib.rc_context():
         assert env.setup_lesson(seed=3) == "cpu"
         first = torch.rand(3)
         env.setup_lesson(seed=3)
-        assert torch.equal(first, torch.rand(3))
-    assert logging.getLogger("bitsandbytes").getEffectiveLevel() == logging.ERROR
-    assert "course mode: cpu (device cpu, seed 3)" in capsys.readouterr().out
+    assert capsys.readouterr().out == "course mode: cpu (device cpu, seed 3)\n" * 2
+    assert torch.equal(torch.rand(3), first)
+    assert logger.getEffectiveLevel() == logging.ERROR

@@ -16,6 +16,7 @@ from qlora_lessons.lora import (
     LoRALinear,
     adapter_names,
     add_lora,
+    count_lora_params,
     count_trainable,
     disable_adapter,
     linear_layer_names,
@@ -202,6 +203,21 @@ def test_same_layers_and_counts_as_peft(targets):
     assert set(lora_layers(ours)) == peft_layers
     assert "lm_head" not in peft_layers  # "all-linear" leaves out the output head, in both
     assert (count_trainable(ours).trainable, count_trainable(ours).total) == theirs.get_nb_trainable_parameters()
+
+
+@pytest.mark.parametrize("targets, r", [(["q_proj", "v_proj"], 4), ("all-linear", 2), (["down_proj"], 64)])
+def test_count_lora_params_is_what_add_lora_adds_and_what_peft_trains(targets, r):
+    model = tiny_llama()
+    before = [(name, p.requires_grad) for name, p in model.named_parameters()]
+    n = count_lora_params(model, targets, r)
+    assert [(name, p.requires_grad) for name, p in model.named_parameters()] == before  # the model is untouched
+    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    assert n == count_trainable(add_lora(model, targets, r=r, alpha=2 * r)).trainable
+    assert n == theirs.get_nb_trainable_parameters()[0]
+    with pytest.raises(ValueError, match=r"r must be <= min\(in_features, out_features\) = 64"):
+        count_lora_params(tiny_llama(), targets, 65)
+    with pytest.raises(ValueError, match="'query' matches no linear layer"):
+        count_lora_params(tiny_llama(), ["query"], r)
 
 
 def test_model_logits_and_gradients_equal_peft():

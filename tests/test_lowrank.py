@@ -19,7 +19,13 @@ from qlora_lessons.lowrank import (  # noqa: E402
     singular_value_energy,
     summarize_low_rank,
 )
-from qlora_lessons.lowrank_plots import plot_low_rank, plot_spectrum, rank_slider, sample_image  # noqa: E402
+from qlora_lessons.lowrank_plots import (  # noqa: E402
+    plot_energy_by_layer,
+    plot_low_rank,
+    plot_spectrum,
+    rank_slider,
+    sample_image,
+)
 
 
 @st.composite
@@ -172,6 +178,21 @@ def test_spectrum_plot_draws_w_and_its_random_twin():
     assert spectrum.get_yscale() == "log"
     assert np.allclose(energy.lines[0].get_ydata(), singular_value_energy(dW)[:20].numpy())
     assert energy.lines[0].get_ydata()[2] > 0.999 > energy.lines[1].get_ydata()[2]  # rank 3 vs random
+
+
+def test_energy_by_layer_draws_group_means_and_one_random_line_per_shape():
+    g = torch.Generator().manual_seed(0)
+    low = [torch.randn(12, 2, generator=g) @ torch.randn(2, 10, generator=g) for _ in range(3)]
+    wide = [torch.randn(10, 12, generator=g) for _ in range(2)]  # the transpose of low's shape: one random line
+    fig = plot_energy_by_layer({"low": low, "wide": wide}, max_rank=8)
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.lines][:3] == ["low", "wide", "random 10x12"]
+    mean = torch.stack([singular_value_energy(W)[:8] for W in low]).mean(0)
+    assert np.allclose(ax.lines[0].get_ydata(), mean.numpy()) and ax.lines[0].get_ydata()[1] > 0.999
+    with pytest.raises(ValueError, match=r"max_rank must be an int between 1 and the smallest min\(m, n\) = 10"):
+        plot_energy_by_layer({"low": low}, max_rank=11)
+    with pytest.raises(ValueError, match="non-empty list of matrices"):
+        plot_energy_by_layer({"low": []})
 
 
 def test_low_rank_row_titles_carry_the_errors():

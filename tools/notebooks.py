@@ -44,9 +44,35 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def _poll_in_short_slices() -> None:
+    """Make the async kernel client wait for a message in slices of at most 1 s.
+
+    jupyter_client's ``AsyncZMQSocketChannel.get_msg`` waits on one ``socket.poll(timeout)``. After a
+    cell that sends a burst of widget messages, that poll can miss the wake-up of the execute reply and
+    return only when the whole per-cell timeout is over (seen with pyzmq 27 and jupyter_client 8.10):
+    the notebook then stalls for ``--timeout`` seconds and the measured time is wrong. Polling again
+    every second finds the waiting message.
+    """
+    from queue import Empty
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            if await self.socket.poll(int(step * 1000)):
+                return await self._recv()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Empty
+
+    AsyncZMQSocketChannel.get_msg = get_msg
+
+
 def execute(path: Path, timeout: int) -> float:
     from nbclient import NotebookClient
 
+    _poll_in_short_slices()
     nb = nbformat.read(path, as_version=4)
     os.environ.update(QLORA_LESSONS_MODE="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                       TOKENIZERS_PARALLELISM="false")

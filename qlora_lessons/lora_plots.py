@@ -1,0 +1,121 @@
+"""Pictures of LoRA's size: trainable parameters against the rank, and a calculator to turn r and alpha.
+
+- ``describe_lora_size(model, target_modules, r, alpha)``: one line with the scaling alpha / r, the
+  parameters LoRA adds, their share of the model and the adapter's bytes in 32 and 16 bits.
+- ``plot_trainable_vs_rank(model, targets, ranks)``: the trainable share of the model for each rank,
+  one line per choice of target layers (Wq, Wv only; all linear layers), with the 2% mark.
+- ``lora_calculator(model)``: an ipywidgets calculator over r, alpha and the target layers that shows
+  the same line as ``describe_lora_size``.
+
+Everything is counted from the model's layer shapes (``lora.count_lora_params``): the model is never
+changed, so the calculator works for a 7B model as cheaply as for the course model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from qlora_lessons.lora import ALL_LINEAR, _human_bytes, count_lora_params
+
+if TYPE_CHECKING:  # matplotlib and ipywidgets are imported when a picture is drawn, not when the course is imported
+    import ipywidgets
+    from matplotlib.figure import Figure
+
+# Layer names of Llama-style models (transformers' LlamaForCausalLM, Qwen2, Mistral): the usual choices of targets.
+LLAMA_TARGETS: dict[str, str | tuple[str, ...]] = {
+    "Wq, Wv (the LoRA paper)": ("q_proj", "v_proj"),
+    "attention Wq, Wk, Wv, Wo": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "all linear layers": ALL_LINEAR,
+}
+
+
+def _model_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors once, as count_trainable
+
+
+def describe_lora_size(model: nn.Module, target_modules: str | Sequence[str], r: int, alpha: float) -> str:
+    """One line: scaling, parameters added, their share of the model with the adapter, adapter bytes.
+
+    Equation: scaling = alpha / r; added = sum over targets of r (in + out); share = added / (model + added),
+    as ``count_trainable`` would report after ``add_lora``; bytes = added * 4 (float32) or * 2 (16-bit).
+    Shapes: a model in, a string out.
+    Example: the course model, ("q_proj", "v_proj"), r=4, alpha=8 -> ``"scaling alpha / r = 2; adds 16,384
+    parameters, 0.58% of 2,822,144; adapter 65.54 kB in float32, 32.77 kB in 16 bits"``.
+    """
+    added = count_lora_params(model, target_modules, r)  # checks the model, the targets and r
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive number, got alpha={alpha!r}")
+    total = _model_parameters(model) + added
+    return (f"scaling alpha / r = {alpha / r:g}; adds {added:,} parameters, {added / total:.2%} of {total:,}; "
+            f"adapter {_human_bytes(4 * added)} in float32, {_human_bytes(2 * added)} in 16 bits")
+
+
+def plot_trainable_vs_rank(model: nn.Module, targets: dict[str, str | Sequence[str]] | None = None,
+                           ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)) -> Figure:
+    """Plot the share of the model that LoRA trains against the rank r, for each choice of target layers.
+
+    Equation: share(r) = r * sum(in + out) / (model + r * sum(in + out)), over the targeted layers.
+    Shapes: one line per entry of ``targets`` (default ``LLAMA_TARGETS``), one point per rank.
+    Example: ``plot_trainable_vs_rank(model)`` for the course model -> Wq, Wv at r=4 is 0.58%.
+    Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value): the static
+    picture of ``lora_calculator`` for readers whose viewer does not run widgets.
+    """
+    import matplotlib.pyplot as plt
+
+    targets = LLAMA_TARGETS if targets is None else targets
+    if not isinstance(targets, dict) or not targets:
+        raise TypeError(f"targets must be a non-empty dict of label -> target_modules, got {targets!r}")
+    ranks = list(ranks)
+    if not ranks:
+        raise ValueError("ranks must not be empty")
+    total = _model_parameters(model)
+    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+    for label, target_modules in targets.items():
+        added = [count_lora_params(model, target_modules, r) for r in ranks]  # checks every r against the layers
+        ax.plot(ranks, [100 * a / (total + a) for a in added], "o-", label=label)
+    ax.axhline(2.0, color="grey", linewidth=0.8, linestyle="--", label="2% of the model")
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="trainable share of the model (%)",
+           title=f"LoRA on a {total / 1e6:.1f}M-parameter model")
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.yaxis.set_major_formatter(lambda value, _position: f"{value:g}")
+    ax.legend(fontsize="small")
+    plt.close(fig)
+    return fig
+
+
+def lora_calculator(model: nn.Module, r: int = 8, alpha: float = 16,
+                    targets: dict[str, str | Sequence[str]] | None = None) -> ipywidgets.VBox:
+    """A calculator of LoRA's size: sliders for r and alpha, a menu of target layers, the result in one line.
+
+    Equation: as ``describe_lora_size`` (scaling alpha / r, r (in + out) parameters per targeted layer).
+    Shapes: r runs over 1..min(64, the smallest in/out of any linear layer); alpha over 1..128.
+    Example: ``lora_calculator(model, r=4, alpha=8)`` -> a widget to display.
+    Returns an ipywidgets VBox: ``.children`` are the r slider, the alpha slider, the menu and the caption (HTML).
+    """
+    import ipywidgets as widgets
+
+    targets = LLAMA_TARGETS if targets is None else targets
+    if not isinstance(targets, dict) or not targets:
+        raise TypeError(f"targets must be a non-empty dict of label -> target_modules, got {targets!r}")
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)] if isinstance(model, nn.Module) else []
+    if not linear:
+        raise ValueError(f"model must be a torch.nn.Module with linear layers, got {type(model).__name__}")
+    largest_r = min(64, *(min(m.in_features, m.out_features) for m in linear))
+    describe_lora_size(model, next(iter(targets.values())), r, alpha)  # check r, alpha and targets before drawing
+    if r > largest_r:
+        raise ValueError(f"r must be <= {largest_r} for the calculator, got r={r}")
+    r_slider = widgets.IntSlider(value=r, min=1, max=largest_r, description="rank r")
+    alpha_slider = widgets.FloatSlider(value=alpha, min=1, max=128, step=1, description="alpha")
+    menu = widgets.Dropdown(options=list(targets), description="targets")
+    caption = widgets.HTML()
+
+    def show(_change: object = None) -> None:
+        caption.value = describe_lora_size(model, targets[menu.value], r_slider.value, alpha_slider.value)
+
+    for control in (r_slider, alpha_slider, menu):
+        control.observe(show, names="value")
+    show()
+    return widgets.VBox([r_slider, alpha_slider, menu, caption])
