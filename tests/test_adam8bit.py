@@ -23,28 +23,19 @@ from qlora_lessons.double_quant import (
 )
 from qlora_lessons.paging_state import optimizer_state_bytes
 
+from tiny_models import tiny_llama
+
 VOCAB = 128
 STEPS = 20
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is faster than two, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def tiny_llama() -> torch.nn.Module:
+def llama() -> torch.nn.Module:
     """A 2-layer Llama whose matrices (4,096 to 8,192 elements) get 8-bit state and whose norms (64) do not."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+    return tiny_llama(vocab_size=VOCAB)
 
 
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
@@ -73,7 +64,7 @@ def relative_distance(a: torch.nn.Module, b: torch.nn.Module, start: torch.nn.Mo
 
 
 def test_with_every_tensor_below_min_8bit_size_it_is_torch_adamw_bit_for_bit():
-    ours, theirs = tiny_llama(), tiny_llama()
+    ours, theirs = llama(), llama()
     optimizer = AdamW8bit(ours.parameters(), **HYPER, min_8bit_size=10**9)
     train(ours, optimizer, STEPS)
     train(theirs, torch.optim.AdamW(theirs.parameters(), **HYPER), STEPS)
@@ -85,7 +76,7 @@ def test_with_every_tensor_below_min_8bit_size_it_is_torch_adamw_bit_for_bit():
 
 
 def test_state_layout_and_bytes_match_optimizer_state_bytes():
-    model = tiny_llama()
+    model = llama()
     optimizer = AdamW8bit(model.parameters(), **HYPER)
     assert optimizer.state_bytes == 0  # nothing before the first step
     train(model, optimizer, 1)
@@ -194,7 +185,7 @@ def test_bfloat16_parameters_are_updated_in_float32():
 
 
 def test_state_dict_round_trip_continues_identically():
-    a, b = tiny_llama(), tiny_llama()
+    a, b = llama(), llama()
     first = AdamW8bit(embedding_in_32_bits(a), **HYPER)
     train(a, first, 3)
     b.load_state_dict(a.state_dict())
@@ -215,7 +206,7 @@ def embedding_in_32_bits(model: torch.nn.Module) -> list[dict]:
 
 
 def test_8bit_training_follows_32bit_training():
-    start, ours, override, reference = tiny_llama(), tiny_llama(), tiny_llama(), tiny_llama()
+    start, ours, override, reference = llama(), llama(), llama(), llama()
     losses_8 = train(ours, AdamW8bit(ours.parameters(), **HYPER), STEPS)
     optimizer = AdamW8bit(embedding_in_32_bits(override), **HYPER)
     train(override, optimizer, STEPS)
@@ -231,7 +222,7 @@ def test_8bit_training_follows_32bit_training():
 def test_nearest_rounding_of_v_makes_embedding_rows_jump():
     """Tokens absent from a batch give their embedding rows a zero gradient; where v had been rounded to 0 and
     m had not, the update is lr * m_hat / eps."""
-    start, ours, reference = tiny_llama(), tiny_llama(), tiny_llama()
+    start, ours, reference = llama(), llama(), llama()
     train(ours, AdamW8bit(ours.parameters(), **HYPER, v_floor=False), STEPS)
     train(reference, torch.optim.AdamW(reference.parameters(), **HYPER), STEPS)
     jumps = {name: float((p - q).detach().abs().max())
@@ -264,7 +255,7 @@ class TableRoundingAdamW8bit(AdamW8bit):
 
 
 def test_state_bytes_equal_what_bitsandbytes_allocates(bnb):
-    model = tiny_llama()
+    model = llama()
     extra = torch.nn.Parameter(torch.zeros(100_001))  # a partial last block, and above bitsandbytes' paging size
     params = [*model.parameters(), extra]
     theirs = bnb.optim.AdamW8bit(params, **HYPER)
@@ -307,7 +298,7 @@ def test_first_step_equals_bitsandbytes_and_codes_differ_only_by_its_rounding_ta
 def test_20_steps_stay_close_to_bitsandbytes_and_to_32bit_adamw(bnb):
     """With bitsandbytes' rounding table ours follows its run (the only other difference: m by lerp, as torch,
     against its multiply-add); with nearest rounding and the floor on v it is as close to AdamW."""
-    start, table, theirs, ours, reference = (tiny_llama() for _ in range(5))
+    start, table, theirs, ours, reference = (llama() for _ in range(5))
     train(table, TableRoundingAdamW8bit(table.parameters(), **HYPER), STEPS)
     train(theirs, bnb.optim.AdamW8bit(theirs.parameters(), **HYPER), STEPS)
     train(ours, AdamW8bit(ours.parameters(), **HYPER), STEPS)

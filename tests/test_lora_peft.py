@@ -6,20 +6,13 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from qlora_lessons.lora import add_lora, lora_layers, set_adapter
 from qlora_lessons.lora_peft import load_peft_adapter, save_as_peft
 
+from tiny_models import tiny_llama
+
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialized 2-layer Llama (hidden 64, vocab 100) with the course model's layer names."""
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=100, max_position_embeddings=64)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
 
 
 def trained_lora(targets, r=4, alpha=8, adapter_name="default", model=None, seed=1):

@@ -21,34 +21,19 @@ from qlora_lessons.paging import (
 )
 from qlora_lessons.paging_state import format_gb
 
+from tiny_models import tiny_llama
+
 VOCAB = 128
 STEPS = 20
 HYPER = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is faster than two, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def tiny_llama() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+def llama() -> torch.nn.Module:
+    """A 2-layer Llama with room for the long-sequence batches of the timeline tests."""
+    return tiny_llama(vocab_size=VOCAB, max_position_embeddings=256)
 
 
 def batch(seed: int, length: int = 16) -> torch.Tensor:
@@ -66,7 +51,7 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int) 
 @pytest.fixture(scope="module")
 def adamw_run():
     """torch.optim.AdamW on a tiny Llama for 20 steps: initial weights, and each step's gradients and weights."""
-    model = tiny_llama()
+    model = llama()
     initial = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), **HYPER)
     grads, weights = [], []
@@ -108,14 +93,14 @@ def test_paged_adamw_equals_torch_adamw_on_a_llama_over_20_steps(adamw_run, page
 
 
 def test_paged_adamw_trains_a_llama_like_adamw_end_to_end():
-    plain, paged = tiny_llama(), tiny_llama()
+    plain, paged = llama(), llama()
     train(plain, torch.optim.AdamW(plain.parameters(), **HYPER), STEPS)
     train(paged, PagedAdamW(paged.parameters(), **HYPER, page_bytes=6144 * 8), STEPS)
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), paged.parameters(), strict=True))
 
 
 def test_frozen_parameters_and_groups_follow_adamw():
-    plain, paged = tiny_llama(), tiny_llama()
+    plain, paged = llama(), llama()
     for model in (plain, paged):
         model.model.embed_tokens.weight.requires_grad_(False)  # in the optimizer, but never gets a gradient
 
@@ -133,7 +118,7 @@ def test_frozen_parameters_and_groups_follow_adamw():
 
 
 def test_loads_an_adamw_state_dict_and_continues_identically():
-    plain, paged = tiny_llama(), tiny_llama()
+    plain, paged = llama(), llama()
     reference = torch.optim.AdamW(plain.parameters(), **HYPER)
     train(plain, reference, 3)
     paged.load_state_dict(plain.state_dict())
@@ -325,7 +310,7 @@ def test_timeline_records_peaks_and_budget():
 def test_paging_lowers_the_peak_by_the_state_minus_one_page():
     page_bytes = 4000
     batches = [batch(0), batch(1), batch(2, length=128), batch(3)]  # one long-sequence batch
-    plain_model, paged_model = tiny_llama(), tiny_llama()
+    plain_model, paged_model = llama(), llama()
     n_params = sum(p.numel() for p in plain_model.parameters())
     plain = record_memory_timeline(plain_model, torch.optim.AdamW(plain_model.parameters()), batches, progress=False)
     optimizer = PagedAdamW(paged_model.parameters(), page_bytes=page_bytes)
@@ -359,7 +344,7 @@ def test_paging_lowers_the_peak_by_the_state_minus_one_page():
 
 
 def test_trace_rejects_an_optimizer_of_another_model():
-    model = tiny_llama()
+    model = llama()
     with pytest.raises(ValueError, match="parameters of this model"):
         record_memory_timeline(model, torch.optim.AdamW(copy.deepcopy(model).parameters()), [batch(0)], progress=False)
     with pytest.raises(ValueError, match=r"batches\[0\] must be a \(B, T\) int64"):

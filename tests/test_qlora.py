@@ -21,12 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from qlora_lessons.lora import add_lora
 from qlora_lessons.nf4 import dequantize_4bit, quantize_4bit
 from qlora_lessons.nf4_bitsandbytes import to_linear4bit
 from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
+
+from tiny_models import tiny_llama
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 U32, U16 = 2.0**-24, 2.0**-8  # unit roundoff of float32 and of bfloat16 (8 significant bits: 2^-8)
@@ -201,13 +202,6 @@ def test_gradient_of_x_uses_the_same_dequantized_weight(in_features, out_feature
     w4 = dequantize_4bit(packed, state)
     assert torch.equal(y, torch.nn.functional.linear(x.detach(), w4))
     assert torch.equal(x.grad, g @ w4)
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=100, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
 
 
 def test_prepare_qlora_adapts_the_layers_peft_adapts_and_freezes_the_rest():

@@ -10,14 +10,15 @@ import peft
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 
 from qlora_lessons.qlora import QLoRALinear, prepare_qlora
 from qlora_lessons.qlora_memory import TrainingMemory, count_training_memory, measure_peak_bytes, random_causal_lm
 
+from tiny_models import TINY_CONFIG, tiny_llama
+
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=4, vocab_size=100, max_position_embeddings=64)
+CONFIG = TINY_CONFIG
 LINEAR_WEIGHTS = 2 * (4 * 64 * 64 + 3 * 64 * 128)  # q, k, v, o and gate, up, down in each of 2 layers
 
 
@@ -26,11 +27,6 @@ def eager_bitsandbytes():
     """bitsandbytes wraps some CPU fallbacks in torch.compile; run them eagerly to keep this file fast."""
     with torch._dynamo.config.patch(disable=True):
         yield
-
-
-def tiny_llama(tie: bool = False) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**CONFIG, tie_word_embeddings=tie)).eval()
 
 
 def one_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -51,7 +47,7 @@ def test_a_linear_layer_with_adamw():
 
 
 def test_full_fine_tuning_counts_tied_weights_once_and_16_bytes_per_parameter():
-    model = tiny_llama(tie=True)
+    model = tiny_llama(tie_word_embeddings=True)
     optimizer = torch.optim.AdamW(model.parameters())
     one_step(model, optimizer)
     memory = count_training_memory(model, optimizer)
