@@ -9,7 +9,10 @@ Instructors: the tests call every check on its solution (must pass) and on a wro
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
+
+import torch
 
 
 def report(name: str, ok: bool, hint: str = "") -> bool:
@@ -23,6 +26,42 @@ def report(name: str, ok: bool, hint: str = "") -> bool:
     else:
         print(f"✗ {name}: not yet." + (f" Hint: {hint}" if hint else ""))
     return bool(ok)
+
+
+def is_number(answer: object) -> bool:
+    """True for an int or a float (not a bool): what a numeric answer must be before it is compared."""
+    return isinstance(answer, (int, float)) and not isinstance(answer, bool)
+
+
+def close_to(answer: object, expected: float, *, rel_tol: float = 0.0, abs_tol: float = 0.0) -> bool:
+    """``answer`` is a number within ``rel_tol`` (relative) or ``abs_tol`` (absolute) of ``expected``.
+
+    Example: ``close_to(0.984, 0.9840001, abs_tol=1e-6) -> True``; ``close_to("0.984", 0.984) -> False``.
+    """
+    return is_number(answer) and math.isclose(answer, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def agrees(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str, *, exact: bool = False,
+           atol: float = 1e-4) -> bool:
+    """Call a learner's ``fn`` and ``reference`` on each case; report whether the results agree.
+
+    Agree means the same shape and, with ``exact``, the same values (``torch.equal``), else values within
+    ``atol`` plus a relative 1e-4. A function that raises is reported with its error, not raised.
+    """
+    if not callable(fn):
+        return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
+    for case in cases:
+        expected = torch.as_tensor(reference(*case))
+        try:
+            got = torch.as_tensor(fn(*case))
+        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
+            return report(name, False, f"your function raised {type(error).__name__}: {error}")
+        if got.shape != expected.shape:
+            return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
+        got = got.to(expected.dtype)
+        if not (torch.equal(got, expected) if exact else torch.allclose(got, expected, rtol=1e-4, atol=atol)):
+            return report(name, False, hint)
+    return report(name, True)
 
 
 def show_solution(solution: Callable) -> None:

@@ -6,19 +6,18 @@ Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from qlora_lessons.exercises import report
+from qlora_lessons.exercises import close_to, report
 from qlora_lessons.memory import count_lora_parameters, model_config
 from qlora_lessons.memory_estimate import estimate_training_memory
 
 
 def check_full_finetune_bytes(answer: float) -> bool:
     """Weights + gradients + AdamW states, in bytes, to fine-tune a 7,000,000,000-parameter model in float32."""
-    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_full_finetune_bytes(), rel_tol=1e-9)
+    ok = close_to(answer, solution_full_finetune_bytes(), rel_tol=1e-9)
     return report("full_finetune_bytes", ok, "4 bytes of weight, 4 of gradient and 2 x 4 of AdamW state per parameter")
 
 
@@ -57,7 +56,7 @@ def solution_lora_parameters(config, r: int, targets) -> int:
 
 def check_double_quant_bits(answer: float) -> bool:
     """Bits per parameter of NF4 with double quantization (blocksize 64, second-level blocks of 256)."""
-    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_double_quant_bits(), abs_tol=5e-4)
+    ok = close_to(answer, solution_double_quant_bits(), abs_tol=5e-4)
     hint = "4 bits of code + an 8-bit absmax per 64 values + a 32-bit absmax per 64 * 256 values"
     return report("double_quant_bits", ok, hint)
 

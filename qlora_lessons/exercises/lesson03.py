@@ -11,25 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from qlora_lessons.exercises import report
+from qlora_lessons.exercises import agrees, close_to, report
 from qlora_lessons.lowrank import low_rank_approx, singular_value_energy
-
-
-def agrees(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str, atol: float = 1e-4) -> bool:
-    """Call ``fn`` and ``reference`` on each case; report whether the results have equal shapes and values."""
-    if not callable(fn):
-        return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
-    for case in cases:
-        expected = torch.as_tensor(reference(*case))
-        try:
-            got = torch.as_tensor(fn(*case))
-        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report(name, False, f"your function raised {type(error).__name__}: {error}")
-        if got.shape != expected.shape:
-            return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
-        if not torch.allclose(got.to(expected.dtype), expected, rtol=1e-4, atol=atol):
-            return report(name, False, hint)
-    return report(name, True)
 
 
 def _random_matrices() -> list[torch.Tensor]:
@@ -61,7 +44,7 @@ def solution_ranks_99_percent() -> int:
 
 def check_eckart_young_error(answer: float) -> bool:
     """W = diag(5, 3, 2, 1). What is ||W - W_2||_F for its best rank-2 approximation W_2?"""
-    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_eckart_young_error(), rel_tol=1e-4)
+    ok = close_to(answer, solution_eckart_young_error(), rel_tol=1e-4)
     return report("eckart_young_error", ok, "the error is the norm of the singular values you drop")
 
 

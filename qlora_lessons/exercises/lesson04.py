@@ -11,8 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from qlora_lessons.exercises import report
-from qlora_lessons.exercises.lesson03 import agrees
+from qlora_lessons.exercises import agrees, report
 from qlora_lessons.lora import LoRALinear
 
 

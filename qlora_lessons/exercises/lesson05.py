@@ -13,25 +13,8 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.blockwise import nearest_code
-from qlora_lessons.exercises import report
+from qlora_lessons.exercises import agrees, close_to, report
 from qlora_lessons.nf4 import fp4_code, nf4_code
-
-
-def agrees_exactly(name: str, fn: Callable, reference: Callable, cases: list[tuple], hint: str) -> bool:
-    """Call ``fn`` and ``reference`` on each case; report whether the results have the same shape and values."""
-    if not callable(fn):
-        return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
-    for case in cases:
-        expected = torch.as_tensor(reference(*case))
-        try:
-            got = torch.as_tensor(fn(*case))
-        except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report(name, False, f"your function raised {type(error).__name__}: {error}")
-        if got.shape != expected.shape:
-            return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
-        if not torch.equal(got.to(expected.dtype), expected):
-            return report(name, False, hint)
-    return report(name, True)
 
 
 def _vectors() -> list[torch.Tensor]:
@@ -43,7 +26,7 @@ def _vectors() -> list[torch.Tensor]:
 def check_absmax_int8(fn: Callable) -> bool:
     """Write ``fn(x)`` returning x quantized to int8 by absmax: round(127 * x / max |x|), as torch.int8."""
     hint = "scale by 127 / x.abs().max(), then torch.round, then .to(torch.int8)"
-    return agrees_exactly("absmax_int8", fn, solution_absmax_int8, [(x,) for x in _vectors()], hint)
+    return agrees("absmax_int8", fn, solution_absmax_int8, [(x,) for x in _vectors()], hint, exact=True)
 
 
 def solution_absmax_int8(x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +41,7 @@ def check_nearest_level(fn: Callable) -> bool:
     midpoints = (levels[:-1] + levels[1:]) / 2
     cases = [(x.clamp(-1, 1), levels) for x in _vectors()] + [(midpoints, levels), (levels, levels)]
     hint = "count the midpoints (levels[i] + levels[i+1]) / 2 that lie strictly below each value"
-    return agrees_exactly("nearest_level", fn, solution_nearest_level, cases, hint)
+    return agrees("nearest_level", fn, solution_nearest_level, cases, hint, exact=True)
 
 
 def solution_nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -69,7 +52,7 @@ def solution_nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
 def check_pack_pair(fn: Callable) -> bool:
     """Write ``fn(high, low)`` packing two 4-bit codes (0..15) into one byte, ``high`` in the upper nibble."""
     cases = [(torch.tensor(h), torch.tensor(lo)) for h in range(16) for lo in range(16)]
-    return agrees_exactly("pack_pair", fn, solution_pack_pair, cases, "high * 16 + low, i.e. (high << 4) | low")
+    return agrees("pack_pair", fn, solution_pack_pair, cases, "high * 16 + low, i.e. (high << 4) | low", exact=True)
 
 
 def solution_pack_pair(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
@@ -88,7 +71,7 @@ def solution_n_constants() -> int:
 
 def check_seed_example_level(answer: float) -> bool:
     """A block whose absmax is 1 holds -0.765432. Which NF4 level does it become (a number in [-1, 1])?"""
-    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_seed_example_level(), abs_tol=1e-6)
+    ok = close_to(answer, solution_seed_example_level(), abs_tol=1e-6)
     return report("seed_example_level", ok, "find the nearest of the 16 values of nf4_code(); it is not -0.75")
 
 
@@ -124,7 +107,7 @@ def solution_fp4_decode(bits: int) -> float:
 
 def check_reduction_vs_bfloat16(answer: float) -> bool:
     """By what fraction does NF4 at blocksize 64, with one float32 absmax per block, shrink a bfloat16 weight?"""
-    ok = isinstance(answer, (int, float)) and math.isclose(answer, solution_reduction_vs_bfloat16(), abs_tol=5e-4)
+    ok = close_to(answer, solution_reduction_vs_bfloat16(), abs_tol=5e-4)
     hint = "count the bits per weight, codes and constants: 4 + 32 / 64; compare with 16 (a fraction: 0.5 is 50%)"
     return report("reduction_vs_bfloat16", ok, hint)
 

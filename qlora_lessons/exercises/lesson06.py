@@ -6,24 +6,18 @@ Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from qlora_lessons.double_quant import dequantize_absmax, dynamic_map, quantize_absmax
-from qlora_lessons.exercises import report
-
-
-def _close(answer, expected: float, tolerance: float) -> bool:
-    return isinstance(answer, (int, float)) and not isinstance(answer, bool) and math.isclose(
-        answer, expected, abs_tol=tolerance)
+from qlora_lessons.exercises import close_to, report
 
 
 def check_bits_at_blocksize_128(answer: float) -> bool:
     """Bits per parameter of NF4 with double quantization at blocksize 128 (constants in blocks of 256)?"""
     hint = "4 bits + one 8-bit code per 128 weights + one float32 per 128 * 256 weights"
-    return report("bits_at_blocksize_128", _close(answer, solution_bits_at_blocksize_128(), 1e-6), hint)
+    return report("bits_at_blocksize_128", close_to(answer, solution_bits_at_blocksize_128(), abs_tol=1e-6), hint)
 
 
 def solution_bits_at_blocksize_128() -> float:
@@ -34,7 +28,7 @@ def solution_bits_at_blocksize_128() -> float:
 def check_gb_saved_65b(answer: float) -> bool:
     """How many GB (10^9 bytes) does double quantization save on a 65B-parameter model at blocksize 64?"""
     hint = "(32 / 64 - 8 / 64 - 32 / (64 * 256)) bits per parameter, times 65e9 parameters, divided by 8 bits per byte"
-    return report("gb_saved_65b", _close(answer, solution_gb_saved_65b(), 0.01), hint)
+    return report("gb_saved_65b", close_to(answer, solution_gb_saved_65b(), abs_tol=0.01), hint)
 
 
 def solution_gb_saved_65b() -> float:
@@ -47,7 +41,7 @@ def check_saving_fraction(answer: float) -> bool:
     """What fraction of the memory of 4-bit weights with their constants (blocksize 64) does double quantization save?
     Give a fraction (0.1 is 10%)."""
     hint = "compare the 0.373 bits saved with the 4.5 bits per parameter that the 4-bit model spends"
-    return report("saving_fraction", _close(answer, solution_saving_fraction(), 1e-3), hint)
+    return report("saving_fraction", close_to(answer, solution_saving_fraction(), abs_tol=1e-3), hint)
 
 
 def solution_saving_fraction() -> float:
@@ -72,7 +66,8 @@ def check_centre(fn: Callable) -> bool:
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
             return report("centre", False, f"your function raised {type(error).__name__}: {error}")
         expected, expected_offset = solution_centre(absmax)
-        if not (_close(float(offset), expected_offset, 1e-6) and torch.allclose(torch.as_tensor(centred), expected)):
+        same_offset = close_to(float(offset), expected_offset, abs_tol=1e-6)
+        if not (same_offset and torch.allclose(torch.as_tensor(centred), expected)):
             return report("centre", False, "offset = absmax.mean(); subtract it from every constant")
     return report("centre", True)
 

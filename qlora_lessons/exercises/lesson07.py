@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.double_quant import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
-from qlora_lessons.exercises import report
+from qlora_lessons.exercises import close_to, is_number, report
 from qlora_lessons.paging_state import optimizer_state_bytes
 
 # The exercises' fixed numbers, as the lesson states them.
@@ -21,16 +21,11 @@ N_PARAMS_SMALL = 10_000_000
 PAGE_BYTES_EXERCISE = 2**20  # 1 MiB
 
 
-def _close(answer: object, expected: int) -> bool:
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
-        return False
-    return abs(answer - expected) <= 1e-6 * max(1, expected)
-
-
 def check_adamw_state_bytes(answer: int) -> bool:
     """Bytes of AdamW state (float32) for a 7B-parameter model: ``N_PARAMS_7B`` trainable parameters."""
     expected = optimizer_state_bytes(N_PARAMS_7B, "adamw").state_bytes
-    return report("AdamW state bytes", _close(answer, expected), "two moments (m and v) per parameter, 4 bytes each")
+    hint = "two moments (m and v) per parameter, 4 bytes each"
+    return report("AdamW state bytes", close_to(answer, expected, rel_tol=1e-6), hint)
 
 
 def solution_adamw_state_bytes() -> int:
@@ -45,7 +40,7 @@ def check_pages_per_step(answer: int) -> bool:
     ``N_PARAMS_SMALL`` float32 parameters (all with gradients)."""
     elements_per_page = PAGE_BYTES_EXERCISE // 8  # what PagedAdamW.page_elements computes for float32
     expected = -(-N_PARAMS_SMALL // elements_per_page)
-    ok = isinstance(answer, (int, float)) and not isinstance(answer, bool) and answer == expected
+    ok = is_number(answer) and answer == expected
     return report("pages per step", ok, "a page holds m and v (8 bytes) per element; the last page may be partial")
 
 
@@ -64,7 +59,8 @@ def check_peak_saving(answer: int) -> bool:
     plain = optimizer_state_bytes(N_PARAMS_SMALL, "adamw")
     paged = optimizer_state_bytes(N_PARAMS_SMALL, "paged_adamw", page_bytes=PAGE_BYTES_EXERCISE)
     expected = plain.device_bytes - paged.device_bytes
-    return report("peak saving", _close(answer, expected), "all of the state minus the one page that stays")
+    hint = "all of the state minus the one page that stays"
+    return report("peak saving", close_to(answer, expected, rel_tol=1e-6), hint)
 
 
 def solution_peak_saving() -> int:
@@ -105,7 +101,7 @@ def check_8bit_saving_7b(answer: float) -> bool:
     expected = (optimizer_state_bytes(N_PARAMS_7B, "adamw").state_bytes
                 - optimizer_state_bytes(N_PARAMS_7B, "adamw8bit").state_bytes)
     hint = "8 bytes per parameter before; after: 2 bytes of codes + 2 float32 absmax per 256 + 2 x 1 KiB of tables"
-    return report("8-bit saving (7B)", _close(answer, expected), hint)
+    return report("8-bit saving (7B)", close_to(answer, expected, rel_tol=1e-6), hint)
 
 
 def solution_8bit_saving_7b() -> int:

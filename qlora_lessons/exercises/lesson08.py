@@ -6,26 +6,21 @@ Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from qlora_lessons.exercises import report
+from qlora_lessons.exercises import close_to, is_number, report
 from qlora_lessons.memory import count_lora_parameters, model_config
 from qlora_lessons.nf4 import dequantize_4bit
 from qlora_lessons.qlora import QLoRALinear
 
 
-def _number(answer) -> bool:
-    return isinstance(answer, (int, float)) and not isinstance(answer, bool)
-
-
 def check_trainable_7b(answer: int) -> bool:
     """Trainable parameters of LoRA r=16 on all seven linear layers of each of LLaMA-7B's 32 decoder layers?"""
     hint = "per layer: sum of r * (in + out) over q, k, v, o (4096 x 4096) and gate, up (11008 x 4096), down"
-    return report("trainable_7b", _number(answer) and answer == solution_trainable_7b(), hint)
+    return report("trainable_7b", is_number(answer) and answer == solution_trainable_7b(), hint)
 
 
 def solution_trainable_7b() -> int:
@@ -37,7 +32,7 @@ def solution_trainable_7b() -> int:
 def check_weight_bytes_4096(answer: float) -> bool:
     """Bytes of one 4096 x 4096 weight stored in NF4 with double quantization (blocksize 64, constants in blocks
     of 256): the codes and the constants (leave out the two small code tables)."""
-    ok = _number(answer) and math.isclose(answer, solution_weight_bytes_4096(), rel_tol=1e-4)
+    ok = close_to(answer, solution_weight_bytes_4096(), rel_tol=1e-4)
     hint = "half a byte per weight, one byte per block of 64, one float32 per 256 blocks"
     return report("weight_bytes_4096", ok, hint)
 
@@ -50,7 +45,7 @@ def solution_weight_bytes_4096() -> float:
 
 def check_adapter_megabytes(answer: float) -> bool:
     """Megabytes (10^6 bytes) of the file that saves the adapter of exercise 1 in bfloat16 (leave out the header)."""
-    ok = _number(answer) and math.isclose(answer, solution_adapter_megabytes(), abs_tol=0.05)
+    ok = close_to(answer, solution_adapter_megabytes(), abs_tol=0.05)
     return report("adapter_megabytes", ok, "trainable parameters times 2 bytes; the 4-bit base is not in the file")
 
 
