@@ -8,10 +8,10 @@ CPU; it computes the same bytes (tests/test_nf4.py checks them against the textb
 bitsandbytes) in three ways that a CPU likes better:
 
 - **Chunks.** The tensor is processed 2^15 values at a time, a whole number of blocks, so the
-  temporaries stay in the CPU cache instead of travelling to memory and back. torch runs an op this
-  small on one thread (its parallel grain size is 2^15), so the chunks themselves are spread over
-  ``torch.get_num_threads()`` Python threads, each taking one contiguous run of chunks: no thread
-  waits at a barrier after every small op.
+  temporaries stay in the CPU cache instead of travelling to memory and back. The chunks are spread
+  over ``torch.get_num_threads()`` Python threads, each taking one contiguous run of chunks, and torch
+  is set to one thread meanwhile, so every op runs on its worker alone: no thread waits at a barrier
+  after every small op, and no worker starts threads of its own on a machine that has no cores to spare.
 - **A lookup table instead of a search.** The top 16 bits of a float32 (sign, exponent and 7 mantissa
   bits) split [-1, 1] into 65,536 narrow intervals. 4-bit levels are far apart, so each interval
   holds at most one midpoint between levels. For every interval we store ``base`` (how many midpoints
@@ -23,6 +23,7 @@ bitsandbytes) in three ways that a CPU likes better:
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +31,9 @@ from functools import lru_cache
 import torch
 
 CHUNK = 2**15  # values per chunk: a multiple of every blocksize; small enough that each torch op runs serially
+# Dequantizing to a 16-bit dtype fills a float32 buffer and rounds it into the output: with larger chunks the
+# per-op overhead is paid less often (about 2x faster for bfloat16 with 2^18 than 2^15; benchmarks/bench_nf4.py).
+WIDE_CHUNK = 2**18
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,14 +87,14 @@ def nearest_levels(scaled: torch.Tensor, table: LevelTable) -> torch.Tensor:
     return k if table.order is None else table.order.index_select(0, k.int())
 
 
-def for_each_chunk(work, n: int) -> None:
-    """Call work(start) for start = 0, CHUNK, 2 CHUNK, ... < n, on torch's number of threads.
+def for_each_chunk(work, n: int, chunk: int = CHUNK) -> None:
+    """Call work(start) for start = 0, chunk, 2 chunk, ... < n, on torch's number of threads.
 
     Each thread gets one contiguous run of chunks (the chunks are equal work), so there is one task per
     thread instead of one per chunk, and each thread writes its own stretch of memory.
     Example: n = 5 CHUNK on 2 threads -> one thread does starts 0, 1, 2 (x CHUNK), the other 3, 4.
     """
-    starts = range(0, n, CHUNK)
+    starts = range(0, n, chunk)
     workers = min(torch.get_num_threads(), len(starts))
     if workers <= 1:
         for start in starts:
@@ -103,9 +107,14 @@ def for_each_chunk(work, n: int) -> None:
         for start in starts_of_one_worker:
             work(start)
 
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(run, runs):  # re-raises the first error of any chunk
-            pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each worker runs its ops alone: no second level of threads inside every op
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(run, runs):  # re-raises the first error of any chunk
+                pass
+    finally:
+        torch.set_num_threads(threads)
 
 
 def quantize_packed(flat: torch.Tensor, blocksize: int, table: LevelTable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,18 +160,24 @@ def dequantize_packed(packed: torch.Tensor, absmax: torch.Tensor, blocksize: int
     full = n - n % blocksize
     pairs = table.pairs.to(packed.device)
     scale = absmax.unsqueeze(1)  # (blocks, 1)
-    direct = dtype == torch.float32  # write float32 straight into the output, else through a float32 buffer
+    direct = dtype == torch.float32  # look the levels up straight into the output, else into a float32 buffer
+    chunk = CHUNK if direct else WIDE_CHUNK
+    buffers = threading.local()  # per thread: the byte indices and (16-bit dtypes) the float32 levels, reused
 
     def one_chunk(start: int) -> None:
-        stop = min(start + CHUNK, full)
-        into = out[start:stop].view(torch.int64) if direct else torch.empty((stop - start) // 2, dtype=torch.int64)
-        torch.index_select(pairs, 0, packed[start // 2: stop // 2].int(), out=into)  # two levels per byte
-        values = into.view(torch.float32).view(-1, blocksize)  # (blocks in chunk, blocksize)
+        stop = min(start + chunk, full)
+        if not hasattr(buffers, "index"):
+            buffers.index = torch.empty(chunk // 2, dtype=torch.int32, device=packed.device)
+            buffers.levels = None if direct else torch.empty(chunk // 2, dtype=torch.int64, device=packed.device)
+        index = buffers.index[: (stop - start) // 2].copy_(packed[start // 2: stop // 2])
+        levels = out[start:stop].view(torch.int64) if direct else buffers.levels[: (stop - start) // 2]
+        torch.index_select(pairs, 0, index, out=levels)  # two float32 levels per byte
+        values = levels.view(torch.float32).view(-1, blocksize)  # (blocks in chunk, blocksize)
         values.mul_(scale[start // blocksize: stop // blocksize])
-        if not direct:
+        if not direct:  # round the float32 products once to dtype, as bitsandbytes does
             out[start:stop].view(-1, blocksize).copy_(values)
 
-    for_each_chunk(one_chunk, full)
+    for_each_chunk(one_chunk, full, chunk)
     if full < n:
         levels = pairs.index_select(0, packed[full // 2:].int()).view(torch.float32)[: n - full]
         out[full:] = levels * absmax[-1]

@@ -30,7 +30,7 @@ from qlora_lessons.nf4 import (
     unpack_4bit,
 )
 from qlora_lessons.nf4_bitsandbytes import from_bitsandbytes, to_bitsandbytes, to_linear4bit
-from qlora_lessons.nf4_kernels import CHUNK, for_each_chunk
+from qlora_lessons.nf4_kernels import CHUNK, WIDE_CHUNK, for_each_chunk
 from qlora_lessons.nf4_plots import (
     code_explorer,
     explain_value,
@@ -122,7 +122,7 @@ def test_quantize_matches_bitsandbytes_across_many_chunks(dtype):
 def test_dequantize_across_many_chunks_is_code_times_absmax_on_any_number_of_threads(dtype, threads):
     """The chunked, threaded dequantization gives exactly the textbook w = code[q] * absmax, cast once."""
     torch.manual_seed(4)
-    w = torch.randn(5 * CHUNK + 4 * 64 + 37).to(dtype)  # 5 chunks, a few full blocks more, a partial block
+    w = torch.randn(3 * WIDE_CHUNK + 4 * 64 + 37).to(dtype)  # 3 chunks of 16-bit outputs (24 of float32) and more
     packed, state = quantize_4bit(w, 64, "nf4")
     q = unpack_4bit(packed, w.numel()).long()
     textbook = (state.code[q] * state.absmax.repeat_interleave(64)[: w.numel()]).to(dtype)
@@ -145,6 +145,25 @@ def test_for_each_chunk_visits_every_chunk_once():
                 seen.clear()
                 for_each_chunk(seen.append, n_chunks * CHUNK - 3)
                 assert sorted(seen) == [i * CHUNK for i in range(n_chunks)]
+                assert torch.get_num_threads() == threads  # set back after the workers' one-thread spell
+            seen.clear()
+            for_each_chunk(seen.append, 3 * WIDE_CHUNK, WIDE_CHUNK)
+            assert sorted(seen) == [0, WIDE_CHUNK, 2 * WIDE_CHUNK]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_for_each_chunk_raises_the_error_of_a_chunk_and_keeps_the_thread_count():
+    def work(start: int) -> None:
+        if start == 2 * CHUNK:
+            raise ValueError("chunk 2 failed")
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="chunk 2 failed"):
+            for_each_chunk(work, 4 * CHUNK)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
