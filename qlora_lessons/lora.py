@@ -116,6 +116,8 @@ def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("
     Equation: sum over the targeted layers W0 (out, in) of r (in + out) (A is (r, in), B is (out, r)).
     Shapes: a model in, an int out. Example: a 2-layer Llama with hidden 64 -> ``count_lora_params(model,
     ["q_proj", "v_proj"], r=4)`` = 2 layers * 2 matrices * 4 * (64 + 64) = 2,048.
+    ``memory.count_lora_parameters(config, r, targets)`` gives the same count from a Llama config alone, for
+    models too large to build (lesson 02).
     """
     _check_model(model)
     check_lora_hyperparameters(r, 1.0, 0.0)

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from qlora_lessons.lora import (
     LoRALinear,
@@ -26,16 +25,11 @@ from qlora_lessons.lora import (
     set_adapter,
     unmerge_lora,
 )
+from qlora_lessons.memory import count_lora_parameters
+
+from tiny_models import tiny_llama
 
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialized 2-layer Llama (hidden 64, vocab 100): the course model's layer names, in 0.03 s."""
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=100, max_position_embeddings=64)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
 
 
 def randomize_lora(model: nn.Module, seed: int = 1, std: float = 0.1) -> None:
@@ -214,6 +208,7 @@ def test_count_lora_params_is_what_add_lora_adds_and_what_peft_trains(targets, r
     theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
     assert n == count_trainable(add_lora(model, targets, r=r, alpha=2 * r)).trainable
     assert n == theirs.get_nb_trainable_parameters()[0]
+    assert n == count_lora_parameters(model.config, r, targets)  # lesson 02's count, from the config alone
     with pytest.raises(ValueError, match=r"r must be <= min\(in_features, out_features\) = 64"):
         count_lora_params(tiny_llama(), targets, 65)
     with pytest.raises(ValueError, match="'query' matches no linear layer"):
