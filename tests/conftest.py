@@ -11,3 +11,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def grades(capsys):
+    """``grades(check, solution, wrong)``: an exercise check passes the solution with a tick, fails the wrong answer
+    with a cross, and returns True and False."""
+
+    def grades(check, solution, wrong) -> None:
+        assert check(solution) is True
+        assert "✓" in capsys.readouterr().out
+        assert check(wrong) is False
+        assert "✗" in capsys.readouterr().out
+
+    return grades
