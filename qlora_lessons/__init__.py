@@ -18,7 +18,14 @@ from qlora_lessons.double_quant import (
     quantize_absmax,
     quantize_blockwise_8bit,
 )
-from qlora_lessons.env import course_mode, describe_environment, device, seed_everything, setup_lesson
+from qlora_lessons.env import (
+    course_mode,
+    describe_environment,
+    device,
+    seed_everything,
+    setup_lesson,
+    torch_threads,
+)
 from qlora_lessons.lora import (
     ALL_LINEAR,
     LoRALinear,
@@ -93,6 +100,7 @@ __version__ = "0.1.0"
 __all__ = [
     # course and environment (lesson 00)
     "LESSONS", "Lesson", "course_mode", "describe_environment", "device", "seed_everything", "setup_lesson",
+    "torch_threads",
     # memory maths (lesson 02)
     "MODEL_NAMES", "AdamW8bitState", "MemoryBreakdown", "NF4Linear", "bytes_per_param", "count_lora_parameters",
     "count_parameters", "estimate_training_memory", "measure_training_memory", "memory_calculator", "model_config",

@@ -30,6 +30,8 @@ from functools import lru_cache
 
 import torch
 
+from qlora_lessons.env import torch_threads
+
 CHUNK = 2**15  # values per chunk: a multiple of every blocksize; small enough that each torch op runs serially
 # Dequantizing to a 16-bit dtype fills a float32 buffer and rounds it into the output: with larger chunks the
 # per-op overhead is paid less often (about 2x faster for bfloat16 with 2^18 than 2^15; benchmarks/bench_nf4.py).
@@ -107,14 +109,10 @@ def for_each_chunk(work, n: int, chunk: int = CHUNK) -> None:
         for start in starts_of_one_worker:
             work(start)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # each worker runs its ops alone: no second level of threads inside every op
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(run, runs):  # re-raises the first error of any chunk
-                pass
-    finally:
-        torch.set_num_threads(threads)
+    # torch on one thread meanwhile: each worker runs its ops alone, with no second level of threads inside them
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(run, runs):  # re-raises the first error of any chunk
+            pass
 
 
 def quantize_packed(flat: torch.Tensor, blocksize: int, table: LevelTable) -> tuple[torch.Tensor, torch.Tensor]:

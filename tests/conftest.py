@@ -1,22 +1,21 @@
 """Fixtures shared by the library tests."""
 
 import pytest
-import torch
+
+from qlora_lessons.env import torch_threads
 
 
 @pytest.fixture(scope="module")
 def one_thread():
     """The models in these tests are tiny: one thread is faster than two, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture
 def grades(capsys):
-    """``grades(check, solution, wrong)``: an exercise check passes the solution with a tick, fails the wrong answer
-    with a cross, and returns True and False."""
+    """``grades(check, solution, wrong)``: an exercise check returns True and prints a tick for the solution, and
+    returns False and prints a cross for the wrong answer."""
 
     def grades(check, solution, wrong) -> None:
         assert check(solution) is True

@@ -92,3 +92,14 @@ def test_setup_lesson_seeds_and_quiets_library_logs(monkeypatch, capsys):
     assert capsys.readouterr().out == "course mode: cpu (device cpu, seed 3)\n" * 2
     assert torch.equal(torch.rand(3), first)
     assert logger.getEffectiveLevel() == logging.ERROR
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_back_after_an_error():
+    before = torch.get_num_threads()
+    with env.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), env.torch_threads(3):
+        assert torch.get_num_threads() == 3
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

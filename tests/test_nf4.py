@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlora_lessons.blockwise import BLOCKSIZES, blockwise_absmax_scale, quantization_error
+from qlora_lessons.env import torch_threads
 from qlora_lessons.nf4 import (
     NF4_OFFSET,
     QUANT_TYPES,
@@ -126,21 +127,15 @@ def test_dequantize_across_many_chunks_is_code_times_absmax_on_any_number_of_thr
     packed, state = quantize_4bit(w, 64, "nf4")
     q = unpack_4bit(packed, w.numel()).long()
     textbook = (state.code[q] * state.absmax.repeat_interleave(64)[: w.numel()]).to(dtype)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         assert torch.equal(dequantize_4bit(packed, state), textbook)
         assert torch.equal(quantize_4bit(w, 64, "nf4")[0], packed)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_for_each_chunk_visits_every_chunk_once():
     seen = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3, 8):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3, 8):
+        with torch_threads(threads):
             for n_chunks in (1, 2, 5, 7):
                 seen.clear()
                 for_each_chunk(seen.append, n_chunks * CHUNK - 3)
@@ -149,8 +144,6 @@ def test_for_each_chunk_visits_every_chunk_once():
             seen.clear()
             for_each_chunk(seen.append, 3 * WIDE_CHUNK, WIDE_CHUNK)
             assert sorted(seen) == [0, WIDE_CHUNK, 2 * WIDE_CHUNK]
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_for_each_chunk_raises_the_error_of_a_chunk_and_keeps_the_thread_count():
@@ -158,14 +151,10 @@ def test_for_each_chunk_raises_the_error_of_a_chunk_and_keeps_the_thread_count()
         if start == 2 * CHUNK:
             raise ValueError("chunk 2 failed")
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         with pytest.raises(ValueError, match="chunk 2 failed"):
             for_each_chunk(work, 4 * CHUNK)
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_parameter_and_a_transposed_view_quantize_like_bitsandbytes():
