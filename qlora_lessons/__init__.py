@@ -19,9 +19,14 @@ from qlora_lessons.double_quant import (
     quantize_blockwise_8bit,
 )
 from qlora_lessons.env import (
+    ComputeDtypeChoice,
+    bfloat16_matmul_ratio,
+    compute_choice,
+    compute_dtype,
     course_mode,
     describe_environment,
     device,
+    lesson_seed,
     seed_everything,
     setup_lesson,
     torch_threads,
@@ -100,7 +105,7 @@ __version__ = "0.1.0"
 __all__ = [
     # course and environment (lesson 00)
     "LESSONS", "Lesson", "course_mode", "describe_environment", "device", "seed_everything", "setup_lesson",
-    "torch_threads",
+    "torch_threads", "lesson_seed", "ComputeDtypeChoice", "bfloat16_matmul_ratio", "compute_choice", "compute_dtype",
     # memory maths (lesson 02)
     "MODEL_NAMES", "AdamW8bitState", "MemoryBreakdown", "NF4Linear", "bytes_per_param", "count_lora_parameters",
     "count_parameters", "estimate_training_memory", "measure_training_memory", "memory_calculator", "model_config",

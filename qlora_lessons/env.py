@@ -30,6 +30,11 @@ import torch
 
 MODES = ("cpu", "gpu")
 MODE_VARIABLE = "QLORA_LESSONS_MODE"
+COMPUTE_DTYPE_VARIABLE = "QLORA_LESSONS_COMPUTE_DTYPE"
+COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# A CPU without native bfloat16 instructions (AVX512-BF16, AMX, Arm BF16) multiplies bfloat16 matrices
+# through a scalar fallback: 10-15x slower than float32 on an AVX2 laptop, about 1.1x with native support.
+SLOW_BFLOAT16_RATIO = 3.0
 _REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "numpy", "matplotlib", "ipywidgets")
 
 
@@ -61,6 +66,83 @@ def device() -> torch.device:
     return torch.device("cuda") if course_mode() == "gpu" else torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class ComputeDtypeChoice:
+    """The dtype the lessons compute in on this machine, and why (see ``compute_dtype``)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{str(self.dtype).removeprefix('torch.')} ({self.reason})"
+
+
+_CPU_PROBE: list[float] = []  # the measured bfloat16 / float32 time ratio, once per process
+
+
+def bfloat16_matmul_ratio(size: int = 256, repeats: int = 5) -> float:
+    """Time of a bfloat16 matrix multiply over that of the same float32 one, on this CPU (median of ``repeats``).
+
+    About 1 where the CPU has native bfloat16 instructions; 10 or more where torch falls back to a slow path.
+    Example: ``bfloat16_matmul_ratio()`` -> 1.1 on a CPU with AVX512-BF16, 13 on an AVX2 laptop.
+    """
+    import time
+
+    if size < 16 or repeats < 1:
+        raise ValueError(f"size must be >= 16 and repeats >= 1, got size={size}, repeats={repeats}")
+    generator = torch.Generator().manual_seed(0)
+    a32, b32 = torch.randn(4 * size, size, generator=generator), torch.randn(size, 2 * size, generator=generator)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+
+    def seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+        a @ b  # warm-up: first calls pick kernels and allocate
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    return seconds(a16, b16) / max(seconds(a32, b32), 1e-9)
+
+
+def compute_choice() -> ComputeDtypeChoice:
+    """Which dtype the lessons multiply in: bfloat16 where it is fast, float32 where it is not.
+
+    - ``QLORA_LESSONS_COMPUTE_DTYPE=bfloat16|float32`` forces the choice;
+    - GPU mode: bfloat16 if the GPU supports it (the QLoRA recipe), else float32;
+    - CPU mode: a measured probe (``bfloat16_matmul_ratio``, a few milliseconds, once per process):
+      bfloat16 if it is at most ``SLOW_BFLOAT16_RATIO`` times slower than float32, else float32.
+    The results of a lesson differ slightly between the two dtypes (bfloat16 rounds to 8 bits of precision);
+    its asserts hold for both.
+    """
+    raw = os.environ.get(COMPUTE_DTYPE_VARIABLE, "").strip().lower()
+    if raw:
+        if raw not in COMPUTE_DTYPES:
+            raise ValueError(f"{COMPUTE_DTYPE_VARIABLE}={raw!r} is not a compute dtype; allowed values are "
+                             f"{', '.join(map(repr, COMPUTE_DTYPES))} (or leave it unset to measure)")
+        return ComputeDtypeChoice(COMPUTE_DTYPES[raw], f"set by {COMPUTE_DTYPE_VARIABLE}")
+    if course_mode() == "gpu":
+        if torch.cuda.is_bf16_supported():
+            return ComputeDtypeChoice(torch.bfloat16, "the GPU supports bfloat16")
+        return ComputeDtypeChoice(torch.float32, "the GPU has no bfloat16 support")
+    if not _CPU_PROBE:
+        _CPU_PROBE.append(bfloat16_matmul_ratio())
+    ratio = _CPU_PROBE[0]
+    if ratio <= SLOW_BFLOAT16_RATIO:
+        return ComputeDtypeChoice(torch.bfloat16, f"this CPU multiplies bfloat16 at {ratio:.1f}x the time of float32")
+    return ComputeDtypeChoice(torch.float32, f"this CPU multiplies bfloat16 at {ratio:.0f}x the time of float32: "
+                                             "no native bfloat16 instructions")
+
+
+def compute_dtype() -> torch.dtype:
+    """The dtype for 4-bit layers' compute and 16-bit copies in the lessons: ``compute_choice().dtype``.
+
+    Example: ``load_model(..., compute_dtype=compute_dtype())`` -> bfloat16 on a GPU, float32 on an AVX2 laptop.
+    """
+    return compute_choice().dtype
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -82,7 +164,9 @@ class EnvironmentReport:
     cuda_device: str | None
     cuda_memory_bytes: int | None
     cpu_threads: int
+    cpu_capability: str
     mode: str
+    compute: ComputeDtypeChoice
 
     def __str__(self) -> str:
         rows = [("python", self.python), ("platform", self.platform)]
@@ -92,6 +176,8 @@ class EnvironmentReport:
         else:
             rows.append(("cuda", f"{self.cuda_device}, {_gib(self.cuda_memory_bytes or 0)}"))
         rows.append(("cpu threads", str(self.cpu_threads)))
+        rows.append(("cpu kernels", self.cpu_capability))
+        rows.append(("compute dtype", str(self.compute)))
         rows.append(("course mode", self.mode))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -116,7 +202,9 @@ def describe_environment() -> EnvironmentReport:
         cuda_device=cuda_device,
         cuda_memory_bytes=cuda_memory,
         cpu_threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         mode=course_mode(),
+        compute=compute_choice(),
     )
 
 
@@ -145,12 +233,29 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+SEED_VARIABLE = "QLORA_LESSONS_SEED"
+
+
+def lesson_seed() -> int:
+    """The seed the lesson was set up with (``torch.initial_seed()``): training loops and fresh random
+    models in a lesson draw from it, so that a run with another seed repeats the whole lesson with other
+    random numbers."""
+    return torch.initial_seed()
+
+
 def setup_lesson(seed: int = 0) -> str:
     """The setup cell of every lesson: seed everything, small figures, quiet library warnings.
 
+    ``QLORA_LESSONS_SEED=N`` in the environment replaces ``seed``: the tests run the lessons that train
+    with other seeds this way, to check that every claim holds beyond the seed the lesson was written with.
     Returns the course mode and prints one line saying which it is and on what device.
     Example: ``MODE = setup_lesson(seed=0)`` prints ``course mode: cpu (device cpu, seed 0)``.
     """
+    raw = os.environ.get(SEED_VARIABLE, "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise ValueError(f"{SEED_VARIABLE}={raw!r} is not a seed; use a non-negative integer")
+        seed = int(raw)
     seed_everything(seed)
     mode = course_mode()
     import matplotlib

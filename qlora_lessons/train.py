@@ -93,14 +93,15 @@ def learning_rate_at(step: int, steps: int, lr: float, warmup: int, schedule: st
 
 def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: int = 150, lr: float = 1e-3,
              batch_size: int = 32, weight_decay: float = 0.0, warmup: int = 10, schedule: str = "cosine",
-             optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = 1.0, seed: int = 0,
+             optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = 1.0, seed: int | None = None,
              progress: bool = True, desc: str = "fine-tuning") -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` on ``examples`` for ``steps`` steps.
 
     ``optimizer=None`` uses ``torch.optim.AdamW(trainable, lr, weight_decay)``; pass another (a
     paged 8-bit AdamW, say) to use it; its learning rate still follows ``schedule``. Batches are
-    drawn without replacement, reshuffled every epoch, from a generator seeded with ``seed``.
-    The model is left in eval mode.
+    drawn without replacement, reshuffled every epoch, from a generator seeded with ``seed``
+    (``None``: torch's seed, ``torch.initial_seed()``, which ``setup_lesson(seed)`` sets); dropout draws
+    from the same seed. The model is left in eval mode.
 
     Example: ``finetune(model, tokenizer, load_task("train"), steps=150, lr=1e-3)`` -> a ``TrainResult``.
     """
@@ -118,6 +119,7 @@ def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: in
     optimizer = optimizer or torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     encoded = encode_examples(tokenizer, examples)
     device = next(model.parameters()).device
+    seed = torch.initial_seed() if seed is None else seed
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     order: list[int] = []

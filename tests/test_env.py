@@ -103,3 +103,53 @@ def test_torch_threads_sets_the_count_for_the_block_and_back_after_an_error():
         assert torch.get_num_threads() == 3
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("value, dtype", [("bfloat16", torch.bfloat16), ("float32", torch.float32),
+                                          (" Float32 ", torch.float32)])
+def test_compute_dtype_can_be_forced(monkeypatch, value, dtype):
+    monkeypatch.setenv(env.COMPUTE_DTYPE_VARIABLE, value)
+    choice = env.compute_choice()
+    assert choice.dtype == env.compute_dtype() == dtype
+    assert env.COMPUTE_DTYPE_VARIABLE in choice.reason
+
+
+def test_bad_compute_dtype_names_the_allowed_values(monkeypatch):
+    monkeypatch.setenv(env.COMPUTE_DTYPE_VARIABLE, "float16")
+    with pytest.raises(ValueError, match="QLORA_LESSONS_COMPUTE_DTYPE.*'bfloat16', 'float32'"):
+        env.compute_choice()
+
+
+def test_cpu_compute_dtype_follows_the_measured_ratio(monkeypatch):
+    monkeypatch.setenv(env.MODE_VARIABLE, "cpu")
+    monkeypatch.delenv(env.COMPUTE_DTYPE_VARIABLE, raising=False)
+    for ratio, dtype in ((1.1, torch.bfloat16), (env.SLOW_BFLOAT16_RATIO, torch.bfloat16), (13.0, torch.float32)):
+        monkeypatch.setattr(env, "_CPU_PROBE", [ratio])
+        choice = env.compute_choice()
+        assert choice.dtype == dtype, (ratio, choice)
+        assert "float32" in choice.reason
+    assert "no native bfloat16" in str(env.compute_choice())
+
+
+def test_bfloat16_probe_measures_a_positive_ratio():
+    ratio = env.bfloat16_matmul_ratio(size=64, repeats=3)
+    assert 0 < ratio < 1000
+    with pytest.raises(ValueError, match="size"):
+        env.bfloat16_matmul_ratio(size=8)
+
+
+def test_report_names_the_compute_dtype_and_cpu_kernels(monkeypatch):
+    monkeypatch.setenv(env.MODE_VARIABLE, "cpu")
+    monkeypatch.setenv(env.COMPUTE_DTYPE_VARIABLE, "float32")
+    text = str(env.describe_environment())
+    assert "compute dtype  float32 (set by QLORA_LESSONS_COMPUTE_DTYPE)" in text
+    assert f"cpu kernels    {torch.backends.cpu.get_cpu_capability()}" in text
+
+
+def test_seed_variable_replaces_the_lesson_seed(monkeypatch, capsys):
+    monkeypatch.setenv(env.SEED_VARIABLE, "7")
+    env.setup_lesson(seed=0)
+    assert env.lesson_seed() == 7 and "seed 7)" in capsys.readouterr().out
+    monkeypatch.setenv(env.SEED_VARIABLE, "-1")
+    with pytest.raises(ValueError, match="QLORA_LESSONS_SEED"):
+        env.setup_lesson(seed=0)

@@ -64,3 +64,41 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make course" in readme
     assert "make test" in ci
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            spec = line.split(";")[0].strip()
+            name, version = spec.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_constraints_pin_the_whole_dependency_set():
+    """Every package the course needs, directly or through another package, has an exact pin."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins, project = _pins(), _pyproject()["project"]
+    todo = [Requirement(spec) for spec in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    needed: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        if (requirement.marker and not requirement.marker.evaluate({"extra": ""})) or name in needed:
+            continue
+        needed.add(name)
+        for spec in metadata.requires(requirement.name) or []:
+            todo.append(Requirement(spec))
+    assert needed - set(pins) == set(), f"not pinned in constraints.txt: {sorted(needed - set(pins))}"
+    assert pins["torch"] == "2.13.0" and "+" not in "".join(pins.values())
+
+
+def test_installs_use_the_constraints():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "CONSTRAINTS ?= constraints.txt" in makefile and "-c $(CONSTRAINTS)" in makefile
+    assert "constraints.txt" in (ROOT / "README.md").read_text()
+    assert "make test-portable" in (ROOT / ".ci" / "run").read_text()
