@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = """# The exact versions qlora-lessons was last tested with (Linux x86_64, Python 3.11; they also apply on 3.12).
+HEADER = """# The exact versions qlora-lessons was last tested with (Linux x86_64, Python 3.11; also applied on 3.12).
 # make course / make test / .ci/run install with `pip install -c constraints.txt`; pyproject.toml keeps the floors.
 # Python 3.10: no pins (the tested transformers and numpy need 3.11); pip picks the newest releases for 3.10.
 # Refresh: upgrade .venv, run `make test`, then `python tools/constraints.py` (see its docstring).
