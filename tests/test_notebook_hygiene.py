@@ -53,3 +53,18 @@ def test_notebook_is_committed_clean(path):
 def test_notebook_images_are_small(path):
     size = path.stat().st_size
     assert size < 1_500_000, f"{path.name} is {size / 1e6:.1f} MB; keep figures small (dpi 72)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_assert_names_its_claim(path):
+    """A learner who changed a parameter and broke a claim reads which claim, not a bare AssertionError."""
+    import ast
+
+    nb = json.loads(path.read_text())
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.Assert):
+                assert node.msg is not None, f"cell {index}, line {node.lineno}: an assert without a message"
+                assert not isinstance(node.test, ast.Tuple), f"cell {index}, line {node.lineno}: asserts a tuple"
