@@ -40,7 +40,8 @@ class LayerLinear:
     """One linear map of a decoder layer: its module name, weight (out, in), bias, and role in the layer.
 
     role: "qkv" (reads the attention input), "o" (reads the attention output), "up" (reads the MLP
-    input), "down" (reads the MLP's inner activation), "router" (an MoE gate, reads the MLP input).
+    input), "down" (reads the MLP's inner activation), "router" (an MoE gate, reads the MLP input; in
+    transformers 5 a plain weight, not an nn.Linear, so neither LoRA nor 4-bit quantization touches it).
     """
 
     name: str
@@ -150,7 +151,7 @@ def check_targets(targets: tuple[str, ...] | list[str] | str, names: tuple[str, 
 
 def targeted(config, targets) -> list[LayerLinear]:
     """The linear maps of one layer that LoRA ``targets`` match, as peft matches them (the name or a suffix)."""
-    linears = layer_linears(config)
+    linears = [x for x in layer_linears(config) if x.role != "router"]  # an MoE router is not an nn.Linear
     names = check_targets(targets, tuple(x.name for x in linears))
     return [x for x in linears if any(x.name == t or x.name.endswith("." + t) for t in names)]
 

@@ -103,7 +103,7 @@ class NF4Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, blocksize: int = 64, double_quant: bool = True,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -124,6 +124,9 @@ class NF4Linear(nn.Module):
             self.register_buffer("offset", torch.zeros((), device=device))
         else:
             self.register_buffer("absmax", torch.zeros(blocks, device=device))
+        # a bias stays in its own dtype, frozen, as in bitsandbytes.nn.Linear4bit (Qwen2's q/k/v, OPT, GPT-2)
+        self.bias = None if bias_dtype is None else nn.Parameter(
+            torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
 
     @classmethod
     def from_quant_state(cls, packed: Tensor, quant_state) -> NF4Linear:
@@ -154,7 +157,8 @@ class NF4Linear(nn.Module):
                                                       self.in_features, self.blocksize, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _NF4Matmul.apply(x, self)
+        y = _NF4Matmul.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, blocksize={self.blocksize}, "
