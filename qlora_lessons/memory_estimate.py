@@ -128,8 +128,8 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     gemma = kind in ("gemma2", "gemma3_text")  # norms in float32 throughout: x (1 + w) keeps a float32 output
     attention = T * (2 * q + 2 * kv) * b + T * H * 4
     attention += (kind == "phi3") * T * (q + kv) * b  # the fused qkv output, kept whole by v (a view of it)
-    if kind == "gemma2":  # eager attention: tanh-capped scores, float32 softmax and its bf16 copy, (B, H, S, S) each
-        attention += T * knobs["seq_len"] * H * (2 * b + 4)
+    if kind == "gemma2":  # eager attention: tanh-capped scores, float32 softmax and its copy, (B, H, S, S) each,
+        attention += T * knobs["seq_len"] * H * (2 * b + 4 + b // 2)  # and half a copy more, read off traces
     if per_head:  # q_norm and k_norm: float32 inputs and 1 / rms; trained, also their outputs
         attention += 4 * T * (q + kv) + 4 * T * (H + config.num_key_value_heads)
         attention += full * T * (q + kv) * (4 if gemma else b)
