@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 METHODS = ("full", "lora", "qlora")
-OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "adamw32bit", "sgd")  # adamw32bit: bitsandbytes' 32-bit (and paged) AdamW
 
 
 def _positive_int(name: str, value) -> int:
@@ -78,11 +78,14 @@ def _nf4_bytes(out: int, inp: int, blocksize: int, double_quant: bool) -> tuple[
 def _optimizer_bytes(sizes: list[int], dtype_bytes: int, optimizer: str) -> int:
     """State bytes for trainable tensors of ``sizes`` values: AdamW 2 moments in the parameter dtype
     (torch.optim.AdamW); 8-bit AdamW 2 uint8 moments + 2 float32 absmax per 256 values, or 2 float32
-    moments below 4096 values (bitsandbytes Optimizer2State); SGD without momentum none."""
+    moments below 4096 values (bitsandbytes Optimizer2State); 32-bit AdamW (bitsandbytes AdamW32bit,
+    PagedAdamW32bit) 2 float32 moments whatever the parameter dtype; SGD without momentum none."""
     if optimizer == "adamw":
         return sum(2 * n * dtype_bytes for n in sizes)
     if optimizer == "adamw8bit":
         return sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in sizes)
+    if optimizer == "adamw32bit":
+        return sum(8 * n for n in sizes)
     return 0
 
 
@@ -179,13 +182,13 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
     Equations (N parameters, b bytes per parameter, P trained parameters):
       weights = N b (QLoRA: 0.5 byte per linear weight plus the rest in b); quant_constants as
       ``NF4Linear`` holds them; adapters = P b (LoRA, QLoRA); gradients = P b; optimizer: AdamW 2 P b,
-      8-bit AdamW about 2 P, SGD 0; activations: see ``_activation_bytes``.
+      8-bit AdamW about 2 P, 32-bit AdamW 8 P, SGD 0; activations: see ``_activation_bytes``.
       total = weights + quant_constants + adapters + optimizer + max(activations, gradients + step),
       because the backward pass frees activations as it makes gradients and the optimizer state stays
       from one step to the next. step: torch's AdamW (foreach=False) updates one tensor at a time
       and holds sqrt(v) and sqrt(v) / c for it while the previous tensor's denominator is still
       referenced, max over consecutive trained tensors of (previous + 2 current) b
-      (torch.optim.adam._single_tensor_adam); 8-bit AdamW and SGD update in place, step = 0.
+      (torch.optim.adam._single_tensor_adam); bitsandbytes' AdamW and SGD update in place, step = 0.
     Shapes: scalars only.
     Example: ``estimate_training_memory(13_000_000_000).total -> 208e9`` (52 + 52 + 104 GB).
     """

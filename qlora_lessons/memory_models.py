@@ -121,17 +121,36 @@ def _read(name: str, argument: str) -> dict:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{argument} {name!r} is not a readable config.json: {error}") from None
-    looks_local = name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_local:
-        raise ValueError(f"{argument} {name!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor an existing "
-                         f"config.json or model folder")
-    try:
-        from huggingface_hub import hf_hub_download
+    if name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"{argument} {name!r}: no such config.json or model folder")
+    if "/" not in name:
+        raise ValueError(f"{argument} {name!r} is not a preset ({', '.join(PRESET_NAMES)}), a config.json, "
+                         f"a model folder or a hub id (owner/name)")
+    return _from_hub(name, argument)
 
+
+def _from_hub(name: str, argument: str) -> dict:
+    """config.json of hub repository ``name``: from the local cache, else downloaded if the hub answers in 3 s."""
+    import socket
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(name, "config.json", local_files_only=True)).read_text())
+    except Exception:  # not in the cache
+        pass
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as error:
+        raise ValueError(f"{argument} {name!r} looks like a hub id, but the Hugging Face hub cannot be reached "
+                         f"({error}); offline, pass a local config.json or model folder") from None
+    try:
         return json.loads(Path(hf_hub_download(name, "config.json")).read_text())
-    except Exception as error:  # offline, unknown repository, gated model: all end the same way
+    except Exception as error:  # unknown repository, gated model, network: all end the same way
         raise ValueError(f"{argument} {name!r}: could not read its config.json from the Hugging Face hub "
-                         f"({type(error).__name__}); offline, download config.json once and pass its path") from None
+                         f"({type(error).__name__}); download config.json and pass its path") from None
 
 
 @dataclass(frozen=True)

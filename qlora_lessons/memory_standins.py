@@ -178,8 +178,11 @@ class AdamW8bitState(torch.optim.Optimizer):
     Example: a (4096, 4096) parameter gets 2 * 16,777,216 + 2 * 4 * 65,536 = 34,078,720 bytes of state.
     """
 
-    def __init__(self, params, lr: float = 1e-3) -> None:
+    def __init__(self, params, lr: float = 1e-3, optim_bits: int = 8) -> None:
+        if optim_bits not in (8, 32):
+            raise ValueError(f"optim_bits must be 8 or 32 (bitsandbytes), got {optim_bits!r}")
         super().__init__(params, {"lr": lr})
+        self.optim_bits = optim_bits  # 32: bitsandbytes' AdamW32bit, two float32 moments for every tensor
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -189,7 +192,7 @@ class AdamW8bitState(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 state["step"] = 0
-                if p.numel() < MIN_8BIT_SIZE:
+                if p.numel() < MIN_8BIT_SIZE or self.optim_bits == 32:
                     state["state1"] = torch.zeros_like(p, dtype=torch.float32)
                     state["state2"] = torch.zeros_like(p, dtype=torch.float32)
                 else:

@@ -127,17 +127,18 @@ def materialize_fake(model: nn.Module) -> None:
 
 
 def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.optim.Optimizer:
-    """The optimizer over the trained parameters: torch's AdamW (foreach=False) or SGD, or 8-bit AdamW
-    (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
+    """The optimizer over the trained parameters: torch's AdamW (foreach=False) or SGD, or 8- or 32-bit
+    AdamW (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=1e-4, foreach=False)
-    if optimizer == "adamw8bit":
+    if optimizer in ("adamw8bit", "adamw32bit"):
+        bits = 8 if optimizer == "adamw8bit" else 32
         if traced:
-            return AdamW8bitState(trainable, lr=1e-4)
+            return AdamW8bitState(trainable, lr=1e-4, optim_bits=bits)
         with _quiet_bitsandbytes():
             import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(trainable, lr=1e-4)
+        return (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(trainable, lr=1e-4)
     return torch.optim.AdamW(trainable, lr=1e-4, foreach=False)
 
 

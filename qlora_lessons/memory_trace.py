@@ -109,11 +109,13 @@ def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _trace_depth(config: PretrainedConfig, knobs: dict) -> tuple[MemoryBreakdown, dict[str, int]]:
+def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = None
+                 ) -> tuple[MemoryBreakdown, dict[str, int]]:
     """Trace two training steps of ``config`` at its full depth; also return the peak of each phase."""
     model = build_training_model(config, **{k: knobs[k] for k in _MODEL_KNOBS}, device="meta")  # shapes only
     layers = config.num_hidden_layers
-    with FakeTensorMode(), tqdm(total=4 * layers, desc="tracing layers", disable=layers <= 8) as bar:
+    with FakeTensorMode(), tqdm(total=4 * layers, desc=f"tracing {layers} layers",
+                                   disable=layers <= 8 if progress is None else not progress) as bar:
         materialize_fake(model)
 
         def count(*_) -> None:  # a hook that returned a value would replace the tensor it was given
@@ -154,7 +156,8 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
                           optimizer: str = "adamw", lora_r: int = 8,
                           lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                           seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
-                          blocksize: int = 64, traced_layers: int | None = None) -> MemoryBreakdown:
+                          blocksize: int = 64, traced_layers: int | None = None,
+                          progress: bool | None = None) -> MemoryBreakdown:
     """Trace training steps of the real architecture with fake tensors and count every byte; ``total`` is the peak.
 
     The knobs are those of ``estimate_training_memory``. The parts are what the step held:
@@ -165,7 +168,8 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     each phase (forward and backward passes; optimizer steps), linearly to the config's depth: the
     layers are identical, so each adds the same bytes, X(L) = X(k) + (L - k) (X(k+1) - X(k)). The
     peak is the larger phase at depth L, which need not be the larger one at depth k. ``None``
-    traces every layer, which takes longer.
+    traces every layer, which takes longer. ``progress``: a progress bar per traced depth (None: only
+    past 8 layers).
     Shapes: input_ids (batch_size, seq_len) of random token ids.
     Example: ``trace_training_memory(model_config("llama-7b")).total -> about 108.9e9`` bytes.
     """
@@ -182,8 +186,8 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     depth = config.num_hidden_layers
     try:
         if traced_layers is None or traced_layers >= depth:
-            return _trace_depth(config, knobs)[0]
-        (small, small_peaks), (large, large_peaks) = (_trace_depth(_with_layers(config, k), knobs)
+            return _trace_depth(config, knobs, progress)[0]
+        (small, small_peaks), (large, large_peaks) = (_trace_depth(_with_layers(config, k), knobs, progress)
                                                       for k in (traced_layers, traced_layers + 1))
     except _UNTRACEABLE as error:  # e.g. MoE experts that pick their tokens with nonzero(): sizes a fake tensor lacks
         return _fall_back_to_estimate(config, knobs, error)
