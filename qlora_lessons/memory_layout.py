@@ -7,7 +7,9 @@ OPT's out_proj and fc1/fc2, an MoE router), ``count_parameters`` adds up every p
 ``count_lora_parameters`` the adapters on the layers that LoRA targets. From the config alone, without
 building the model, so that the command line needs no transformers.
 
-Left out: families not listed in ``FAMILIES`` (count them by building the model on the meta device).
+Left out: families not listed in ``FAMILIES`` (count them by building the model on the meta device); LoRA
+on MoE routers and experts: "all-linear" means the attention's linear layers of an MoE model here, while
+peft >= 0.21's "all-linear" also wraps the router and the 3-D expert tensors (``ParamWrapper``).
 """
 
 from __future__ import annotations
