@@ -148,6 +148,8 @@ _MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_ch
 def _with_layers(config: PretrainedConfig, layers: int) -> PretrainedConfig:
     config = copy.deepcopy(config)
     config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):  # Qwen3, Gemma: one attention type per layer
+        config.layer_types = config.layer_types[:layers]
     return config
 
 
