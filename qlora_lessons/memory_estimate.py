@@ -20,7 +20,6 @@ import torch
 from qlora_lessons.memory import FLOAT_DTYPES, MemoryBreakdown, bytes_per_param
 from qlora_lessons.memory_layout import (
     check_config,
-    check_targets,
     count_lora_parameters,
     count_parameters,
     is_sparse,
@@ -54,7 +53,11 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     _positive_int("lora_r", lora_r)
-    check_targets(lora_targets, (lora_targets,) if isinstance(lora_targets, str) else tuple(lora_targets or ()))
+    # the form only: which names exist depends on the model (memory_layout.targeted checks them against it)
+    if lora_targets != "all-linear" and (not isinstance(lora_targets, (tuple, list)) or not lora_targets
+                                         or not all(isinstance(t, str) for t in lora_targets)):
+        raise ValueError(f"lora_targets must be 'all-linear' or a non-empty tuple of module names such as "
+                         f"('q_proj', 'v_proj'), got {lora_targets!r}")
     _positive_int("batch_size", batch_size)
     _positive_int("seq_len", seq_len)
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
