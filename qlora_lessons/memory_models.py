@@ -65,6 +65,11 @@ PRESETS: dict[str, dict] = {
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, pad_token_id=32000,
                        bos_token_id=1, eos_token_id=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
                        tie_word_embeddings=False),
+    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024,
+                 tie_word_embeddings=True, activation_function="gelu_new"),
+    "opt-1.3b": dict(model_type="opt", vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
+                     num_attention_heads=32, max_position_embeddings=2048, word_embed_proj_dim=2048,
+                     do_layer_norm_before=True, pad_token_id=1, bos_token_id=2, eos_token_id=2),
 }
 _HUB = "https://huggingface.co/{}/blob/main/config.json"
 PRESET_SOURCES: dict[str, str] = {
@@ -76,6 +81,7 @@ PRESET_SOURCES: dict[str, str] = {
     "qwen2.5-72b": _HUB.format("Qwen/Qwen2.5-72B"), "qwen3-8b": _HUB.format("Qwen/Qwen3-8B"),
     "gemma-2-2b": _HUB.format("google/gemma-2-2b"), "gemma-2-9b": _HUB.format("google/gemma-2-9b"),
     "phi-3-mini": _HUB.format("microsoft/Phi-3-mini-4k-instruct"),
+    "gpt2": _HUB.format("openai-community/gpt2"), "opt-1.3b": _HUB.format("facebook/opt-1.3b"),
 }
 PRESET_NAMES = tuple(PRESETS)
 # transformers' default for tie_word_embeddings where a config.json leaves it out (each family's config class)

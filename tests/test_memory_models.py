@@ -34,7 +34,7 @@ def test_counts_name_the_parts_a_model_has():
 
 
 @pytest.mark.parametrize("name", ["llama-3.1-8b", "mistral-7b", "mixtral-8x7b", "qwen2.5-0.5b", "qwen3-8b",
-                                  "gemma-2-2b", "phi-3-mini"])
+                                  "gemma-2-2b", "phi-3-mini", "gpt2", "opt-1.3b"])
 def test_presets_are_exact_and_cite_their_source(name):
     config = model_config(name)
     assert sum(count_parameters(name).values()) == sum(p.numel() for p in _built(config).parameters())
@@ -47,6 +47,7 @@ def test_published_totals():
     # than a LlamaConfig of its shapes, Mixtral-8x7B 46.70B parameters
     assert totals["qwen2.5-0.5b"] == 494_032_768 and totals["gemma-2-2b"] == 2_614_341_888
     assert round(totals["mixtral-8x7b"] / 1e9, 2) == 46.70 and totals["llama-3.1-8b"] == 8_030_261_248
+    assert totals["gpt2"] == 124_439_808  # GPT-2 small: "124M"
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "phi3", "opt", "gpt2", "mixtral"])
