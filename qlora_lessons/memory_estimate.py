@@ -118,7 +118,7 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     first norm keeps nothing, as nothing before it needs a gradient.
     On top, the larger of two moments: the loss, when the float32 log-softmax over the vocabulary,
     its gradient and the logits' gradient are alive together, 3 T V 4 (Gemma 2's logit soft-capping
-    adds two more float32 (T, V) tensors); and one layer's work, when (with checkpointing) the
+    adds its tanh output, T V b); and one layer's work, when (with checkpointing) the
     recomputed layer sits with two (T, i) gradients of the MLP's backward, or, for QLoRA, with the
     largest weight dequantized to the compute dtype, its output and absmax.
     """
@@ -164,7 +164,9 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     if knobs["method"] == "qlora":
         n = max(x.out * x.inp for x in linears)
         work = max(work, n * b + T * i * b + 4 * math.ceil(n / knobs["blocksize"]) * knobs["double_quant"])
-    loss = (3 + 2 * bool(config.get("final_logit_softcapping"))) * T * V * 4
+    # Gemma 2: logits = cap tanh(logits / cap), cap 30 unless its config.json says otherwise (Gemma2Config)
+    capped = bool(config.get("final_logit_softcapping", 30.0 if kind == "gemma2" else None))
+    loss = 3 * T * V * 4 + capped * T * V * b
     return kept + max(loss, (layer if checkpointing else 0) + work + scores)
 
 

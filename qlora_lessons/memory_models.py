@@ -22,7 +22,8 @@ _L3 = dict(model_type="llama", vocab_size=128256, num_key_value_heads=8, tie_wor
            max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0)
 _QWEN = dict(model_type="qwen2", max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0)
 _GEMMA2 = dict(model_type="gemma2", vocab_size=256000, head_dim=256, tie_word_embeddings=True,
-               max_position_embeddings=8192, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
+               max_position_embeddings=8192, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+               final_logit_softcapping=30.0, attn_logit_softcapping=50.0, sliding_window=4096)
 
 
 def _llama(hidden, intermediate, layers, heads, kv_heads, positions, eps) -> dict:
