@@ -150,7 +150,8 @@ def _trace(config: dict, settings: dict, traced_layers: int) -> dict:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:8.2f} GiB"
+    """Bytes in GiB, or in MiB below 1 GiB: ``_gib(2**30) -> "    1.00 GiB"``."""
+    return f"{n / GIB:8.2f} GiB" if n >= GIB or n == 0 else f"{n / 2**20:8.1f} MiB"
 
 
 def print_report(report: dict) -> None:

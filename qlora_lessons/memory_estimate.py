@@ -209,6 +209,10 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
         return MemoryBreakdown(model * b, 0, 0, model * b, _optimizer_bytes([model], b, optimizer), 0,
                                model * b + _optimizer_bytes([model], b, optimizer) + model * b)
     config = check_config(model, "model")
+    limit = config.positions - 2 * (config.model_type == "opt")  # OPT's table has 2 rows more than positions
+    if config.positions and seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} is longer than the {limit} positions of {config.model_type}'s learned "
+                         f"position table")
     counts = count_parameters(config)
     linears = layer_linears(config)
     layers, h, i = config.num_hidden_layers, config.hidden_size, config.intermediate_size
