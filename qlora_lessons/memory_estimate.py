@@ -182,7 +182,8 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
     ``memory_layout.FAMILIES``, a dict or config.json path, or a preset name (``PRESET_NAMES``).
     ``weight_dtype``: the dtype of the weights (full, LoRA) or the compute dtype of QLoRA, whose
     base linear layers are NF4 and whose embeddings, norms, biases, lm_head, adapters and MoE experts
-    (3-D tensors in transformers, which bitsandbytes' Linear4bit does not replace) use ``weight_dtype``.
+    use ``weight_dtype`` (experts are 3-D tensors in transformers 5, and its 4-bit loading replaces only
+    nn.Linear and Conv1D: transformers.integrations.bitsandbytes.replace_with_bnb_linear).
 
     Equations (N parameters, b bytes per parameter, P trained parameters):
       weights = N b (QLoRA: 0.5 byte per linear weight plus the rest in b); quant_constants as
