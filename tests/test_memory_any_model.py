@@ -54,3 +54,12 @@ def test_presets_names_and_dicts_work_where_configs_do():
     from qlora_lessons.memory_models import load_config
 
     assert estimate_training_memory(load_config("qwen2.5-0.5b"), method="qlora", lora_targets="all-linear") == by_name
+
+
+def test_32bit_adamw_keeps_two_float32_moments_whatever_the_weight_dtype():
+    setting = dict(method="lora", weight_dtype=torch.bfloat16, optimizer="adamw32bit", seq_len=128,
+                   lora_targets="all-linear")
+    trace = trace_training_memory(CONFIGS["qwen2"], **setting)
+    estimate = estimate_training_memory(CONFIGS["qwen2"], **setting)
+    assert trace.optimizer == 8 * trace.adapters // 2 == estimate.optimizer  # adapters in bf16: 2 bytes a value
+    assert estimate.total == pytest.approx(trace.total, rel=0.10)
