@@ -1,5 +1,5 @@
-"""``python -m qlora_lessons`` prints the environment report (versions, CUDA device, course mode)."""
+"""``python -m qlora_lessons``: the ``qlora-lessons`` command; with no argument, the environment report."""
 
-from qlora_lessons.env import main
+from qlora_lessons.cli import main
 
 main()

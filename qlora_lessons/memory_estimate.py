@@ -17,25 +17,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qlora_lessons.memory import (
-    FLOAT_DTYPES,
-    LINEAR_NAMES,
-    MODEL_NAMES,
-    MemoryBreakdown,
-    bytes_per_param,
+from qlora_lessons.memory import FLOAT_DTYPES, MemoryBreakdown, bytes_per_param
+from qlora_lessons.memory_layout import (
     check_config,
-    check_targets,
     count_lora_parameters,
     count_parameters,
-    linear_shapes,
-    model_config,
+    is_sparse,
+    layer_linears,
+    norms_per_layer,
+    targeted,
 )
+from qlora_lessons.memory_models import ModelShape
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig
+    from transformers import PretrainedConfig
 
 METHODS = ("full", "lora", "qlora")
-OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "adamw32bit", "sgd")  # adamw32bit: bitsandbytes' 32-bit (and paged) AdamW
 
 
 def _positive_int(name: str, value) -> int:
@@ -55,7 +53,11 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     _positive_int("lora_r", lora_r)
-    check_targets(lora_targets)
+    # the form only: which names exist depends on the model (memory_layout.targeted checks them against it)
+    if lora_targets != "all-linear" and (not isinstance(lora_targets, (tuple, list)) or not lora_targets
+                                         or not all(isinstance(t, str) for t in lora_targets)):
+        raise ValueError(f"lora_targets must be 'all-linear' or a non-empty tuple of module names such as "
+                         f"('q_proj', 'v_proj'), got {lora_targets!r}")
     _positive_int("batch_size", batch_size)
     _positive_int("seq_len", seq_len)
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
@@ -79,59 +81,96 @@ def _nf4_bytes(out: int, inp: int, blocksize: int, double_quant: bool) -> tuple[
 def _optimizer_bytes(sizes: list[int], dtype_bytes: int, optimizer: str) -> int:
     """State bytes for trainable tensors of ``sizes`` values: AdamW 2 moments in the parameter dtype
     (torch.optim.AdamW); 8-bit AdamW 2 uint8 moments + 2 float32 absmax per 256 values, or 2 float32
-    moments below 4096 values (bitsandbytes Optimizer2State); SGD without momentum none."""
+    moments below 4096 values (bitsandbytes Optimizer2State); 32-bit AdamW (bitsandbytes AdamW32bit,
+    PagedAdamW32bit) 2 float32 moments whatever the parameter dtype; SGD without momentum none."""
     if optimizer == "adamw":
         return sum(2 * n * dtype_bytes for n in sizes)
     if optimizer == "adamw8bit":
         return sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in sizes)
+    if optimizer == "adamw32bit":
+        return sum(8 * n for n in sizes)
     return 0
 
 
-def _activation_bytes(config: LlamaConfig, knobs: dict, b: int) -> int:
+def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     """The most bytes of activations a step holds at once: tensors saved for backward and backward's own.
 
-    The terms are the tensors autograd saves in transformers' Llama with SDPA attention, read off
-    traces (T = batch * seq tokens, h hidden, i MLP width, kv key/value width, H heads, V vocabulary,
-    b bytes per number in the compute dtype). Per decoder layer:
-      attention: q, k, v after rotary and the attention output, T (2h + 2kv) b; SDPA's float32
-        log-sum-exp, T H 4;
-      two RMSNorms: each keeps its float32 input (transformers upcasts) and 1 / rms, 4 T h + 4 T;
-      MLP: the gate and up outputs and SiLU(gate), 3 T i b;
-      inputs of trained matrices (for dW, or for LoRA's A): T h b for q/k/v, T h b for gate/up, T i b
-        for down (o_proj's input is the attention output, kept already); LoRA also keeps A x, T r b
-        per adapter; full fine-tuning keeps both normalised outputs, 2 T h b (the norm weights train).
+    The terms are the tensors autograd saves in transformers' models with SDPA attention, read off
+    traces (T = batch * seq tokens, h hidden, i MLP width, q = H head_dim and kv = KV head_dim the
+    query and key/value widths, H heads, V vocabulary, b bytes per number in the compute dtype). Per
+    decoder layer:
+      attention: q, k, v after rotary and the attention output, T (2q + 2kv) b; SDPA's float32
+        log-sum-exp, T H 4; Qwen3 and Gemma 3 normalise q and k per head: their float32 inputs too;
+      RMSNorms (2 per layer, Gemma 4): each keeps its float32 input (transformers upcasts) and 1 / rms,
+        4 T h + 4 T; LayerNorms (GPT-2, OPT) keep their input, mean and 1 / std, T h b + 8 T;
+      MLP: gated (Llama and kin, Phi-3, Gemma): the gate and up outputs and act(gate), 3 T i b; GPT-2's
+        tanh GELU (written out in Python ops) keeps its input and three intermediates of it, 4 T i b;
+        OPT's ReLU keeps its output, T i b;
+        MoE: the same for the T k rows the experts see (top-k routing: every token goes to k experts), plus
+        the router's float32 probabilities, the experts' outputs and their float32 weighted sum,
+        T E 4 + T k h (b + 4), and (full, for the experts' dW) the gathered rows and the down matrices'
+        input, T k (h + i) b;
+      inputs of trained matrices (for dW, or for LoRA's A): T h b for q/k/v, T h b for the MLP's first
+        matrices, T i b for the last (o_proj's input is the attention output, kept already); LoRA also
+        keeps A x, T r b per adapter; full fine-tuning keeps both normalised outputs, 2 T h b.
     Kept during the step: every layer's tensors, or with gradient checkpointing only each layer's
-    input, T h b; plus the final RMSNorm (and, full, lm_head's input); without checkpointing, LoRA's
-    first RMSNorm keeps nothing, as nothing before it needs a gradient.
+    input, T h b; plus the final norm (and, full, lm_head's input); without checkpointing, LoRA's
+    first norm keeps nothing, as nothing before it needs a gradient.
     On top, the larger of two moments: the loss, when the float32 log-softmax over the vocabulary,
-    its gradient and the logits' gradient are alive together, 3 T V 4; and one layer's work, when
-    (with checkpointing) the recomputed layer sits with two (T, i) gradients of the MLP's backward,
-    or, for QLoRA, with the largest weight dequantized to the compute dtype, its output and absmax.
+    its gradient and the logits' gradient are alive together, 3 T V 4 (Gemma 2's logit soft-capping
+    adds its tanh output, T V b); and one layer's work, when (with checkpointing) the
+    recomputed layer sits with two (T, i) gradients of the MLP's backward, or, for QLoRA, with the
+    largest weight dequantized to the compute dtype, its output and absmax.
     """
     T, L = knobs["batch_size"] * knobs["seq_len"], config.num_hidden_layers
     h, i, V, H = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_attention_heads
-    shapes = linear_shapes(config)
+    q, kv, kind = H * config.head_dim, config.num_key_value_heads * config.head_dim, config.model_type
+    linears = layer_linears(config)
     full = knobs["method"] == "full"
-    trained = set(shapes) if full else set(check_targets(knobs["lora_targets"]))
-    attention = T * (2 * h + 2 * shapes["k_proj"][0]) * b + T * H * 4
-    norm = 4 * T * h + 4 * T
-    mlp = 3 * T * i * b
-    inputs = T * h * b * (bool(trained & {"q_proj", "k_proj", "v_proj"}) + bool(trained & {"gate_proj", "up_proj"}))
-    inputs += T * i * b * ("down_proj" in trained)
-    extra = 2 * T * h * b if full else len(trained) * T * knobs["lora_r"] * b
-    layer = attention + 2 * norm + mlp + inputs + extra
+    trained = linears if full else targeted(config, knobs["lora_targets"])
+    roles = {x.role for x in trained}
+    wide, per_head = norms_per_layer(config)
+    layernorm = kind in ("gpt2", "opt")
+    gemma = kind in ("gemma2", "gemma3_text")  # norms in float32 throughout: x (1 + w) keeps a float32 output
+    attention = T * (2 * q + 2 * kv) * b + T * H * 4
+    attention += (kind == "phi3") * T * (q + kv) * b  # the fused qkv output, kept whole by v (a view of it)
+    if kind == "gemma2":  # eager attention: tanh-capped scores, float32 softmax and its copy, (B, H, S, S) each,
+        attention += T * knobs["seq_len"] * H * (2 * b + 4 + b // 2)  # and half a copy more, read off traces
+    if per_head:  # q_norm and k_norm: float32 inputs and 1 / rms; trained, also their outputs
+        attention += 4 * T * (q + kv) + 4 * T * (H + config.num_key_value_heads)
+        attention += full * T * (q + kv) * (4 if gemma else b)
+    norm = T * h * b + 8 * T if layernorm else 4 * T * h + 4 * T
+    rows = T * config.top_k if is_sparse(config) else T  # token rows through the MLP
+    mlp = {"gpt2": 4, "opt": 1}.get(kind, 3) * rows * i * b
+    if is_sparse(config):  # router probabilities; the gathered rows; expert outputs and their float32 weighted sum
+        mlp += T * config.experts * 4 + rows * h * (b + 4) + full * rows * (h + i) * b
+    inputs = T * h * b * (bool(roles & {"qkv"}) + bool(roles & {"up", "router"}))
+    inputs += rows * i * b * ("down" in roles and kind != "opt")  # OPT's ReLU keeps fc2's input already
+    if full:  # the norm weights train: RMSNorm keeps its normalised output (LayerNorm recomputes it)
+        extra = 0 if layernorm else wide * T * h * 4 if gemma else 2 * T * h * b
+    else:
+        extra = len(trained) * T * knobs["lora_r"] * b
+    layer = attention + wide * norm + mlp + inputs + extra
     checkpointing = knobs["gradient_checkpointing"]
     kept = L * (T * h * b if checkpointing else layer) + norm + (2 * T * h * b if full else 0)
     if not full and not checkpointing:
         kept -= norm
-    work = 2 * T * i * b
+    work = 2 * rows * i * b + gemma * 4 * T * h * 4  # Gemma: float32 gradients through its float32 norms
+    work += is_sparse(config) * rows * h * 4  # MoE: the float32 gradient of the experts' weighted sum
+    if not full:  # the gradients of the fused outputs, whole (Phi-3), of OPT's scaled q and its norms' inputs
+        work += (kind == "phi3") * T * (2 * i + q + kv) * b + (kind == "opt") * T * (i + 2 * h) * b
+    # Gemma 2's eager attention: its backward holds the scores' gradient (B, H, S, S), twice with checkpointing
+    scores = (kind == "gemma2") * T * knobs["seq_len"] * H * b * (2 if checkpointing else 1)
     if knobs["method"] == "qlora":
-        n = max(out * inp for out, inp in shapes.values())
+        n = max(x.out * x.inp for x in linears)
         work = max(work, n * b + T * i * b + 4 * math.ceil(n / knobs["blocksize"]) * knobs["double_quant"])
-    return kept + max(3 * T * V * 4, (layer if checkpointing else 0) + work)
+    # Gemma 2: logits = cap tanh(logits / cap), cap 30 unless its config.json says otherwise (Gemma2Config)
+    capped = bool(config.get("final_logit_softcapping", 30.0 if kind == "gemma2" else None))
+    loss = 3 * T * V * 4 + capped * T * V * b
+    return kept + max(loss, (layer if checkpointing else 0) + work + scores)
 
 
-def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "full",
+def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, method: str = "full",
                              weight_dtype: torch.dtype = torch.float32, optimizer: str = "adamw", lora_r: int = 8,
                              lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                              seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
@@ -139,20 +178,23 @@ def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "f
     """Predict the memory of one training step, part by part, and its peak (``total``).
 
     ``model``: a parameter count (then activations are 0: a count says nothing about shapes; only
-    ``method="full"`` works from a count), a ``LlamaConfig``, or a name from ``MODEL_NAMES``.
+    ``method="full"`` works from a count), a transformers config of any family in
+    ``memory_layout.FAMILIES``, a dict or config.json path, or a preset name (``PRESET_NAMES``).
     ``weight_dtype``: the dtype of the weights (full, LoRA) or the compute dtype of QLoRA, whose
-    base linear layers are NF4 and whose embeddings, norms, lm_head and adapters use ``weight_dtype``.
+    base linear layers are NF4 and whose embeddings, norms, biases, lm_head, adapters and MoE experts
+    use ``weight_dtype`` (experts are 3-D tensors in transformers 5, and its 4-bit loading replaces only
+    nn.Linear and Conv1D: transformers.integrations.bitsandbytes.replace_with_bnb_linear).
 
     Equations (N parameters, b bytes per parameter, P trained parameters):
       weights = N b (QLoRA: 0.5 byte per linear weight plus the rest in b); quant_constants as
       ``NF4Linear`` holds them; adapters = P b (LoRA, QLoRA); gradients = P b; optimizer: AdamW 2 P b,
-      8-bit AdamW about 2 P, SGD 0; activations: see ``_activation_bytes``.
+      8-bit AdamW about 2 P, 32-bit AdamW 8 P, SGD 0; activations: see ``_activation_bytes``.
       total = weights + quant_constants + adapters + optimizer + max(activations, gradients + step),
       because the backward pass frees activations as it makes gradients and the optimizer state stays
       from one step to the next. step: torch's AdamW (foreach=False) updates one tensor at a time
       and holds sqrt(v) and sqrt(v) / c for it while the previous tensor's denominator is still
       referenced, max over consecutive trained tensors of (previous + 2 current) b
-      (torch.optim.adam._single_tensor_adam); 8-bit AdamW and SGD update in place, step = 0.
+      (torch.optim.adam._single_tensor_adam); bitsandbytes' AdamW and SGD update in place, step = 0.
     Shapes: scalars only.
     Example: ``estimate_training_memory(13_000_000_000).total -> 208e9`` (52 + 52 + 104 GB).
     """
@@ -160,34 +202,36 @@ def estimate_training_memory(model: int | LlamaConfig | str, *, method: str = "f
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
     b = int(bytes_per_param(weight_dtype))
-    if isinstance(model, str):
-        if model not in MODEL_NAMES:
-            raise ValueError(f"model {model!r} is not a known model name; choose from {', '.join(MODEL_NAMES)}")
-        model = model_config(model)
     if isinstance(model, int) and not isinstance(model, bool):
         _positive_int("model", model)
         if method != "full":
-            raise ValueError(f"method={method!r} needs the model's shapes: pass a LlamaConfig or a name such as "
+            raise ValueError(f"method={method!r} needs the model's shapes: pass a config or a name such as "
                              f"'llama-13b' as model, not a parameter count")
         return MemoryBreakdown(model * b, 0, 0, model * b, _optimizer_bytes([model], b, optimizer), 0,
                                model * b + _optimizer_bytes([model], b, optimizer) + model * b)
     config = check_config(model, "model")
+    limit = config.positions - 2 * (config.model_type == "opt")  # OPT's table has 2 rows more than positions
+    if config.positions and seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} is longer than the {limit} positions of {config.model_type}'s learned "
+                         f"position table")
     counts = count_parameters(config)
-    shapes = linear_shapes(config)
-    layers = config.num_hidden_layers
-    embedding, h = config.vocab_size * config.hidden_size, config.hidden_size
-    # trained tensors in the order the optimizer sees them (model.parameters())
-    sizes = [embedding] + ([out * inp for out, inp in shapes.values()] + [h, h]) * layers + [h]
-    sizes += [] if config.tie_word_embeddings else [embedding]
+    linears = layer_linears(config)
+    layers, h, i = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    embedding = counts["embeddings"] // (1 if config.tie_word_embeddings else 2)
+    # trained tensors, about in the order the optimizer sees them (model.parameters()); the step term needs it
+    per_layer = [n for x in linears for n in ((x.out * x.inp, x.out) if x.bias else (x.out * x.inp,))]
+    per_layer += [2 * config.experts * i * h, config.experts * h * i] if is_sparse(config) else []
+    per_layer += [h] * (counts["norms"] // h // max(layers, 1))
+    sizes = [embedding] + per_layer * layers + [h] + ([] if config.tie_word_embeddings else [embedding])
     weights, constants, adapters = sum(counts.values()) * b, 0, 0
     if method == "qlora":
-        packed = [_nf4_bytes(out, inp, blocksize, double_quant) for out, inp in shapes.values()]
-        weights = (counts["embeddings"] + counts["norms"]) * b + layers * sum(p for p, _ in packed)
+        packed = [_nf4_bytes(x.out, x.inp, blocksize, double_quant) for x in linears if x.role != "router"]
+        weights = (sum(counts.values()) - counts["linear"]) * b
+        weights += layers * sum(p for p, _ in packed)
         constants = layers * sum(c for _, c in packed)
     if method != "full":
         count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against every targeted matrix
-        targets = check_targets(lora_targets)
-        sizes = [lora_r * n for name in LINEAR_NAMES if name in targets for n in shapes[name][::-1]] * layers
+        sizes = [lora_r * n for x in targeted(config, lora_targets) for n in (x.inp, x.out)] * layers
         adapters = sum(sizes) * b
     gradients = sum(sizes) * b
     state = _optimizer_bytes(sizes, b, optimizer)

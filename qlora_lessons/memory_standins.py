@@ -103,7 +103,7 @@ class NF4Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, blocksize: int = 64, double_quant: bool = True,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -124,6 +124,9 @@ class NF4Linear(nn.Module):
             self.register_buffer("offset", torch.zeros((), device=device))
         else:
             self.register_buffer("absmax", torch.zeros(blocks, device=device))
+        # a bias stays in its own dtype, frozen, as in bitsandbytes.nn.Linear4bit (Qwen2's q/k/v, OPT, GPT-2)
+        self.bias = None if bias_dtype is None else nn.Parameter(
+            torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
 
     @classmethod
     def from_quant_state(cls, packed: Tensor, quant_state) -> NF4Linear:
@@ -154,7 +157,8 @@ class NF4Linear(nn.Module):
                                                       self.in_features, self.blocksize, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _NF4Matmul.apply(x, self)
+        y = _NF4Matmul.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, blocksize={self.blocksize}, "
@@ -174,8 +178,11 @@ class AdamW8bitState(torch.optim.Optimizer):
     Example: a (4096, 4096) parameter gets 2 * 16,777,216 + 2 * 4 * 65,536 = 34,078,720 bytes of state.
     """
 
-    def __init__(self, params, lr: float = 1e-3) -> None:
+    def __init__(self, params, lr: float = 1e-3, optim_bits: int = 8) -> None:
+        if optim_bits not in (8, 32):
+            raise ValueError(f"optim_bits must be 8 or 32 (bitsandbytes), got {optim_bits!r}")
         super().__init__(params, {"lr": lr})
+        self.optim_bits = optim_bits  # 32: bitsandbytes' AdamW32bit, two float32 moments for every tensor
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -185,7 +192,7 @@ class AdamW8bitState(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 state["step"] = 0
-                if p.numel() < MIN_8BIT_SIZE:
+                if p.numel() < MIN_8BIT_SIZE or self.optim_bits == 32:
                     state["state1"] = torch.zeros_like(p, dtype=torch.float32)
                     state["state2"] = torch.zeros_like(p, dtype=torch.float32)
                 else:

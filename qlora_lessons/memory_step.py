@@ -1,17 +1,20 @@
 """Memory of fine-tuning, part 3: the training step that lesson 02 traces and measures, built the same way for both.
 
 ``build_training_model`` makes the model a method trains (full fine-tuning, LoRA with peft, QLoRA
-with ``NF4Linear`` base layers) on any device: "meta" (shapes only) before a trace fills it with
-fake tensors, "cuda" for a measurement. ``run_training_steps`` runs two steps of forward, backward
-and optimizer step on one batch; ``count_model_bytes`` splits the model's own bytes by part.
+with ``NF4Linear`` base layers), for any family ``AutoModelForCausalLM`` builds, on any device:
+"meta" (shapes only) before a trace fills it with fake tensors, "cuda" for a measurement.
+``run_training_steps`` runs two steps of forward, backward and optimizer step on one batch;
+``count_model_bytes`` splits the model's own bytes by part.
 
 Settings: random token ids with labels = inputs; attention "sdpa" (the transformers default, which
-never stores the (T, T) attention matrix); no KV cache; non-reentrant gradient checkpointing;
-torch's AdamW with ``foreach=False`` (its CUDA default, ``foreach=True``, holds another copy of the
-trained parameters during the step); LoRA adapters in the weight dtype (peft's
-``autocast_adapter_dtype=False``, as the QLoRA reference code casts them to bf16).
+never stores the (T, T) attention matrix; "eager", which does, for families without SDPA: Gemma 2);
+no KV cache; non-reentrant gradient checkpointing; torch's AdamW with ``foreach=False`` (its CUDA
+default, ``foreach=True``, holds another copy of the trained parameters during the step); LoRA
+adapters in the weight dtype (peft's ``autocast_adapter_dtype=False``, as the QLoRA reference code
+casts them to bf16).
 
-Left out: dropout (LoRA dropout 0), padding and attention masks, gradient accumulation.
+Left out: dropout (every dropout probability of the config is set to 0; LoRA dropout 0), padding and
+attention masks, gradient accumulation.
 """
 
 from __future__ import annotations
@@ -25,34 +28,42 @@ from unittest import mock
 import torch
 from torch import nn
 
-from qlora_lessons.memory import check_targets
+from qlora_lessons.memory_layout import targeted
 from qlora_lessons.memory_standins import AdamW8bitState, NF4Linear
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig
+    from transformers import PretrainedConfig
 
 QUANT_BUFFERS = ("code", "absmax", "absmax2", "absmax_code", "offset")
 
 
-def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torch.dtype, lora_r: int,
+def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype: torch.dtype, lora_r: int,
                          lora_targets, gradient_checkpointing: bool, double_quant: bool, blocksize: int,
                          device: torch.device | str) -> nn.Module:
     """The model that a training step of ``method`` trains, with random values, on ``device`` ("meta" for tracing).
 
-    full: every parameter of ``LlamaForCausalLM`` in ``weight_dtype`` is trained. lora: the base is
-    frozen and peft adds rank-``lora_r`` adapters to ``lora_targets``. qlora: as lora, and every
-    linear layer of the decoder layers is replaced by an ``NF4Linear`` (lm_head and embeddings stay
-    in ``weight_dtype``, as bitsandbytes leaves them). Gradient checkpointing is transformers' own
-    (non-reentrant), which also makes the embedding output require a gradient.
+    full: every parameter of the model (``AutoModelForCausalLM``) in ``weight_dtype`` is trained. lora:
+    the base is frozen and peft adds rank-``lora_r`` adapters to ``lora_targets``. qlora: as lora, and
+    every linear layer (or GPT-2 Conv1D) of the decoder layers is replaced by an ``NF4Linear`` (lm_head,
+    embeddings and MoE experts, which are 3-D tensors, stay in ``weight_dtype``). Gradient checkpointing
+    is transformers' own (non-reentrant), which also makes the embedding output require a gradient.
     Example: ``build_training_model(model_config("llama-7b"), method="lora", ..., device="meta")``.
     """
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(config)
+    from qlora_lessons.memory import to_transformers_config
+
+    config = copy.deepcopy(to_transformers_config(config))
     config.use_cache = False
     config._attn_implementation = "sdpa"
+    for key, value in config.to_dict().items():  # attention_dropout, resid_pdrop, dropout, ...: no dropout
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+            setattr(config, key, 0.0)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    if not getattr(model_class, "_supports_sdpa", False):  # Gemma 2: soft-capped attention scores, eager only
+        config._attn_implementation = "eager"
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=weight_dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype)
     if gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
@@ -61,16 +72,32 @@ def build_training_model(config: LlamaConfig, *, method: str, weight_dtype: torc
     with _quiet_bitsandbytes():
         from peft import LoraConfig, get_peft_model
 
-    targets = check_targets(lora_targets)
-    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=list(targets))
+    targets = sorted({x.name.split(".")[-1] for x in targeted(config, lora_targets)})
+    conv1d = config.model_type == "gpt2"  # Conv1D stores W as (in, out): peft's fan_in_fan_out
+    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=targets,
+                      fan_in_fan_out=conv1d)
     model = get_peft_model(model, lora, autocast_adapter_dtype=False)
     if method == "qlora":
-        for name, module in list(model.named_modules()):
+        layers = {id(m) for m in decoder_layers(model)}
+        inside = {id(m) for layer in decoder_layers(model) for m in layer.modules() if id(m) not in layers}
+        for module_name, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear) and ".layers." in f"{name}." and "lora_" not in name + child_name:
-                    setattr(module, child_name, NF4Linear(child.in_features, child.out_features, blocksize=blocksize,
-                                                          double_quant=double_quant, device=device))
+                weight = getattr(child, "weight", None)
+                lora = "lora_" in module_name + child_name
+                if id(child) not in inside or lora or weight is None or weight.dim() != 2:
+                    continue
+                if isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D":
+                    out, inp = weight.shape[::-1] if type(child).__name__ == "Conv1D" else weight.shape
+                    bias = None if getattr(child, "bias", None) is None else child.bias.dtype
+                    setattr(module, child_name, NF4Linear(inp, out, blocksize=blocksize, double_quant=double_quant,
+                                                          device=device, bias_dtype=bias))
     return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers: the longest ``nn.ModuleList`` of the model (model.layers, transformer.h, decoder.layers)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
 
 
 @contextlib.contextmanager
@@ -100,17 +127,18 @@ def materialize_fake(model: nn.Module) -> None:
 
 
 def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.optim.Optimizer:
-    """The optimizer over the trained parameters: torch's AdamW (foreach=False) or SGD, or 8-bit AdamW
-    (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
+    """The optimizer over the trained parameters: torch's AdamW (foreach=False) or SGD, or 8- or 32-bit
+    AdamW (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=1e-4, foreach=False)
-    if optimizer == "adamw8bit":
+    if optimizer in ("adamw8bit", "adamw32bit"):
+        bits = 8 if optimizer == "adamw8bit" else 32
         if traced:
-            return AdamW8bitState(trainable, lr=1e-4)
+            return AdamW8bitState(trainable, lr=1e-4, optim_bits=bits)
         with _quiet_bitsandbytes():
             import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(trainable, lr=1e-4)
+        return (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(trainable, lr=1e-4)
     return torch.optim.AdamW(trainable, lr=1e-4, foreach=False)
 
 

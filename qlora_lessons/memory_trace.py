@@ -1,12 +1,16 @@
 """Memory of fine-tuning, part 4: trace a real training step with fake tensors, or measure it on a GPU.
 
-``trace_training_memory`` builds the model of ``memory_step`` (transformers' ``LlamaForCausalLM``,
+``trace_training_memory`` builds the model of ``memory_step`` (``AutoModelForCausalLM`` of any family,
 peft's LoRA, ``NF4Linear`` base layers for QLoRA) out of fake tensors: tensors with a shape, a
 dtype and a device but no memory (``torch._subclasses.fake_tensor.FakeTensorMode``). It runs two
 training steps (the first creates the optimizer state, the second is what every later step looks
 like) under torch's memory tracker (``torch.distributed._tools.mem_tracker.MemTracker``), which adds
 up the bytes of every tensor alive after each operation. So a laptop "runs" a 65B step: all 80
 layers in about a minute on two cores, or 1 and 2 layers extended to 80 in seconds.
+Where a step cannot be traced (an operation whose output size depends on values, as MoE experts
+that gather their tokens with ``nonzero()``), it warns and returns the estimate, labelled so. MoE
+families trace with transformers' default "grouped_mm" experts: every token's top-k rows go through
+the experts in one call whose sizes do not depend on the routing, so the trace is of all T k rows.
 ``measure_training_memory`` runs the same two steps with real tensors on a CUDA GPU and reads
 ``torch.cuda.max_memory_allocated``.
 
@@ -20,7 +24,9 @@ first step and its gradient (2 T h b) alive into the second.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,11 +34,12 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from tqdm.auto import tqdm
 
-from qlora_lessons.memory import MemoryBreakdown, check_config, count_lora_parameters
+from qlora_lessons.memory import MemoryBreakdown, check_config, count_lora_parameters, to_transformers_config
 from qlora_lessons.memory_estimate import check_knobs
 from qlora_lessons.memory_step import (
     build_training_model,
     count_model_bytes,
+    decoder_layers,
     make_optimizer,
     materialize_fake,
     one_sequence,
@@ -40,7 +47,7 @@ from qlora_lessons.memory_step import (
 )
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig
+    from transformers import PretrainedConfig
 
 
 @functools.cache
@@ -102,11 +109,13 @@ def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _trace_depth(config: LlamaConfig, knobs: dict) -> tuple[MemoryBreakdown, dict[str, int]]:
+def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = None
+                 ) -> tuple[MemoryBreakdown, dict[str, int]]:
     """Trace two training steps of ``config`` at its full depth; also return the peak of each phase."""
     model = build_training_model(config, **{k: knobs[k] for k in _MODEL_KNOBS}, device="meta")  # shapes only
     layers = config.num_hidden_layers
-    with FakeTensorMode(), tqdm(total=4 * layers, desc="tracing layers", disable=layers <= 8) as bar:
+    with FakeTensorMode(), tqdm(total=4 * layers, desc=f"tracing {layers} layers",
+                                   disable=layers <= 8 if progress is None else not progress) as bar:
         materialize_fake(model)
 
         def count(*_) -> None:  # a hook that returned a value would replace the tensor it was given
@@ -117,9 +126,8 @@ def _trace_depth(config: LlamaConfig, knobs: dict) -> tuple[MemoryBreakdown, dic
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 output.register_hook(count)
 
-        for module in model.modules():
-            if type(module).__name__ == "LlamaDecoderLayer":
-                module.register_forward_hook(count_forward_and_backward)
+        for module in decoder_layers(model):
+            module.register_forward_hook(count_forward_and_backward)
         model.train()
         optimizer = make_optimizer(model, knobs["optimizer"], traced=True)
         input_ids = torch.randint(0, config.vocab_size, (knobs["batch_size"], knobs["seq_len"]))
@@ -137,17 +145,21 @@ _MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_ch
                 "blocksize")
 
 
-def _with_layers(config: LlamaConfig, layers: int) -> LlamaConfig:
+def _with_layers(config: PretrainedConfig, layers: int) -> PretrainedConfig:
     config = copy.deepcopy(config)
     config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):  # Qwen3, Gemma: one attention type per layer
+        config.layer_types = config.layer_types[:layers]
     return config
 
 
-def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_dtype: torch.dtype = torch.float32,
+def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
+                          weight_dtype: torch.dtype = torch.float32,
                           optimizer: str = "adamw", lora_r: int = 8,
                           lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                           seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
-                          blocksize: int = 64, traced_layers: int | None = None) -> MemoryBreakdown:
+                          blocksize: int = 64, traced_layers: int | None = None,
+                          progress: bool | None = None) -> MemoryBreakdown:
     """Trace training steps of the real architecture with fake tensors and count every byte; ``total`` is the peak.
 
     The knobs are those of ``estimate_training_memory``. The parts are what the step held:
@@ -158,7 +170,8 @@ def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_d
     each phase (forward and backward passes; optimizer steps), linearly to the config's depth: the
     layers are identical, so each adds the same bytes, X(L) = X(k) + (L - k) (X(k+1) - X(k)). The
     peak is the larger phase at depth L, which need not be the larger one at depth k. ``None``
-    traces every layer, which takes longer.
+    traces every layer, which takes longer. ``progress``: a progress bar per traced depth (None: only
+    past 8 layers).
     Shapes: input_ids (batch_size, seq_len) of random token ids.
     Example: ``trace_training_memory(model_config("llama-7b")).total -> about 108.9e9`` bytes.
     """
@@ -166,16 +179,20 @@ def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_d
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
     check_config(config, "config")
+    config = to_transformers_config(config)
     if method != "full":
         count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against the targeted matrices
     if traced_layers is not None and (not isinstance(traced_layers, int) or isinstance(traced_layers, bool)
                                       or traced_layers < 1):
         raise ValueError(f"traced_layers must be a positive int or None, got {traced_layers!r}")
     depth = config.num_hidden_layers
-    if traced_layers is None or traced_layers >= depth:
-        return _trace_depth(config, knobs)[0]
-    (small, small_peaks), (large, large_peaks) = (_trace_depth(_with_layers(config, k), knobs)
-                                                  for k in (traced_layers, traced_layers + 1))
+    try:
+        if traced_layers is None or traced_layers >= depth:
+            return _trace_depth(config, knobs, progress)[0]
+        (small, small_peaks), (large, large_peaks) = (_trace_depth(_with_layers(config, k), knobs, progress)
+                                                      for k in (traced_layers, traced_layers + 1))
+    except _UNTRACEABLE as error:  # e.g. MoE experts that pick their tokens with nonzero(): sizes a fake tensor lacks
+        return _fall_back_to_estimate(config, knobs, error)
     extra = depth - traced_layers
     parts = {name: getattr(small, name) + extra * (getattr(large, name) - getattr(small, name))
              for name in MemoryBreakdown.PARTS}
@@ -184,7 +201,32 @@ def trace_training_memory(config: LlamaConfig, *, method: str = "full", weight_d
     return MemoryBreakdown(**parts, total=total, label="trace")
 
 
-def measure_training_memory(config: LlamaConfig, *, method: str = "full", weight_dtype: torch.dtype = torch.float32,
+def _untraceable() -> tuple[type, ...]:
+    from torch._subclasses import fake_tensor
+
+    names = ("DynamicOutputShapeException", "DataDependentOutputException", "UnsupportedOperatorException")
+    return tuple(getattr(fake_tensor, name) for name in names if hasattr(fake_tensor, name))
+
+
+_UNTRACEABLE = _untraceable()
+FALLBACK_ASSUMPTION = "balanced routing: each token goes to top-k experts"
+
+
+def _fall_back_to_estimate(config, knobs: dict, error: Exception) -> MemoryBreakdown:
+    """The estimate, labelled and warned about, where a step cannot be traced with fake tensors."""
+    from qlora_lessons.memory_estimate import estimate_training_memory
+
+    reason = (f"{type(config).__name__} cannot be traced with fake tensors ({type(error).__name__}: an operation "
+              f"whose output size depends on the values, such as data-dependent expert routing)")
+    assumption = f"; assumes {FALLBACK_ASSUMPTION}" if getattr(config, "num_local_experts", None) or getattr(
+        config, "num_experts", None) else ""
+    warnings.warn(f"{reason}: returning the estimate instead{assumption}", stacklevel=3)
+    estimate = estimate_training_memory(config, **knobs)
+    return dataclasses.replace(estimate, label=f"estimate, not traced{assumption}")
+
+
+def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
+                            weight_dtype: torch.dtype = torch.float32,
                             optimizer: str = "adamw", lora_r: int = 8,
                             lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                             seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
@@ -204,6 +246,7 @@ def measure_training_memory(config: LlamaConfig, *, method: str = "full", weight
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
     check_config(config, "config")
+    config = to_transformers_config(config)
     if method != "full":
         count_lora_parameters(config, lora_r, lora_targets)
     if not torch.cuda.is_available():
