@@ -24,7 +24,7 @@ PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install clean-venv
+.PHONY: course test test-portable install gpu-check clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ test-portable: install
 	  echo "== notebooks with $$settings"; \
 	  env $$settings $(BIN)/python -m pytest notebooks || exit $$?; \
 	done
+
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

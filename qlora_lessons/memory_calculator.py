@@ -16,6 +16,7 @@ import torch
 
 from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown
 from qlora_lessons.memory_estimate import METHODS, OPTIMIZERS, estimate_training_memory
+from qlora_lessons.memory_models import PRESET_NAMES, load_config, model_shape
 
 GPU_BUDGETS_GB = (16, 24, 48, 80)  # common GPU sizes: consumer 16/24 GB cards, 48 GB workstation cards, A100/H100 80 GB
 _COLORS = {"weights": "#4c72b0", "quant_constants": "#8172b2", "adapters": "#55a868", "optimizer": "#c44e52",
@@ -67,7 +68,28 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
 
 
 CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", lora_r=8,
-                        targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False)
+                        targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False, config="")
+YOUR_MODEL = "your model (paste config.json)"
+CALCULATOR_MODELS = (*MODEL_NAMES, *(name for name in PRESET_NAMES if name not in MODEL_NAMES), YOUR_MODEL)
+
+
+def pasted_config(text: str) -> dict:
+    """The config dict of a pasted config.json, read like the command line reads one (``load_config``).
+
+    Raises ValueError with a one-line message for text that is not JSON, not an object, or not a
+    decoder-only architecture the estimator knows. Example: ``pasted_config('{"model_type": "qwen2", ...}')``.
+    """
+    import json
+
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the pasted config.json is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError("the pasted config.json must be a JSON object ({...}), as a model's config.json is")
+    config = load_config(config, "the pasted config.json")
+    model_shape(config, "the pasted config.json")  # unsupported architectures fail here, with their message
+    return config
 
 
 def plot_memory_calculator(**knobs):
@@ -82,12 +104,16 @@ def plot_memory_calculator(**knobs):
     values = {**CALCULATOR_START, **knobs}
     if values["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {values['dtype']!r}")
+    model = values["model"]
+    if model == YOUR_MODEL:
+        model = pasted_config(values["config"])
     targets = "all-linear" if values["targets"] == "all-linear" else tuple(values["targets"].split(", "))
-    estimate = estimate_training_memory(values["model"], method=values["method"], weight_dtype=DTYPES[values["dtype"]],
+    estimate = estimate_training_memory(model, method=values["method"], weight_dtype=DTYPES[values["dtype"]],
                                         optimizer=values["optimizer"], lora_r=values["lora_r"], lora_targets=targets,
                                         batch_size=values["batch_size"], seq_len=values["seq_len"],
                                         gradient_checkpointing=values["checkpointing"])
-    label = f"{values['model']} {values['method']}"
+    name = values["model"] if values["model"] != YOUR_MODEL else f"your {model['model_type']}"
+    label = f"{name} {values['method']}"
     plot_memory_breakdown({label: estimate}, title=f"{label}, {values['dtype']}: peak {estimate.total / 1e9:.1f} GB")
     return estimate
 
@@ -103,7 +129,7 @@ def memory_calculator():
 
     start = CALCULATOR_START
     knobs = {
-        "model": widgets.Dropdown(options=MODEL_NAMES, value=start["model"], description="model"),
+        "model": widgets.Dropdown(options=CALCULATOR_MODELS, value=start["model"], description="model"),
         "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
         "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
@@ -114,13 +140,19 @@ def memory_calculator():
         "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],
                                     description="seq len"),
         "checkpointing": widgets.Checkbox(value=start["checkpointing"], description="gradient checkpointing"),
+        "config": widgets.Textarea(value=start["config"], placeholder="model: 'your model', then paste a config.json",
+                                   description="config.json", layout=widgets.Layout(width="60%", height="8em")),
     }
     out = widgets.Output()
 
     def redraw(**values) -> None:
         with out:
             out.clear_output(wait=True)
-            print(plot_memory_calculator(**values))
+            try:
+                print(plot_memory_calculator(**values))
+            except ValueError as error:  # a pasted config that cannot be read: the message, not a traceback
+                print(error)
+                return
             plt.show()
 
     class MemoryCalculator(widgets.VBox):
@@ -128,4 +160,5 @@ def memory_calculator():
             return "memory calculator: run this cell with a live kernel to turn the knobs"
 
     widgets.interactive_output(redraw, knobs)
-    return MemoryCalculator([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:]), out])
+    return MemoryCalculator([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:-1]),
+                             knobs["config"], out])

@@ -40,7 +40,7 @@ def test_plot_rejects_what_is_not_a_breakdown():
 
 def test_the_calculator_redraws_when_a_knob_turns():
     calculator = memory_calculator()
-    first_row, second_row, out = calculator.children
+    first_row, second_row, config, out = calculator.children
     knobs = {widget.description: widget for widget in first_row.children + second_row.children}
     assert {"model", "method", "dtype", "optimizer", "LoRA rank", "batch", "seq len"} <= set(knobs)
     knobs["method"].value = "full"
@@ -59,4 +59,40 @@ def test_the_calculators_figure_is_the_estimate_of_its_knobs():
         plot_memory_calculator(rank=8)
     with pytest.raises(ValueError, match="dtype"):
         plot_memory_calculator(dtype="int8")
+    plt.close("all")
+
+
+QWEN = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
+
+
+def test_every_preset_and_a_pasted_config_give_the_estimate():
+    import json
+
+    from qlora_lessons.memory_calculator import CALCULATOR_MODELS, YOUR_MODEL
+    from qlora_lessons.memory_models import PRESET_NAMES
+
+    assert set(PRESET_NAMES) < set(CALCULATOR_MODELS) and CALCULATOR_MODELS[-1] == YOUR_MODEL
+    knobs = dict(method="lora", dtype="bfloat16", targets="all-linear", seq_len=1024)
+    expected = estimate_training_memory("qwen2.5-0.5b", method="lora", weight_dtype=torch.bfloat16,
+                                        lora_targets="all-linear", seq_len=1024)
+    assert plot_memory_calculator(model="qwen2.5-0.5b", **knobs) == expected
+    assert plot_memory_calculator(model=YOUR_MODEL, config=json.dumps(QWEN), **knobs).total == expected.total
+    plt.close("all")
+
+
+def test_a_bad_pasted_config_gives_a_message_not_a_traceback(capsys):
+    from qlora_lessons.memory_calculator import YOUR_MODEL
+
+    with pytest.raises(ValueError, match="not valid JSON"):
+        plot_memory_calculator(model=YOUR_MODEL, config="{model_type: qwen2")
+    with pytest.raises(ValueError, match="model_type"):
+        plot_memory_calculator(model=YOUR_MODEL, config='{"hidden_size": 8}')
+    calculator = memory_calculator()
+    rows = calculator.children
+    rows[0].children[0].value = YOUR_MODEL
+    rows[2].value = "not json"
+    shown = capsys.readouterr().out + "".join(o.get("text", "") for o in rows[-1].outputs)  # no kernel: stdout
+    assert "not valid JSON" in shown and "Traceback" not in shown
     plt.close("all")
