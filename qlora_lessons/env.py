@@ -33,7 +33,8 @@ MODE_VARIABLE = "QLORA_LESSONS_MODE"
 COMPUTE_DTYPE_VARIABLE = "QLORA_LESSONS_COMPUTE_DTYPE"
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # A CPU without native bfloat16 instructions (AVX512-BF16, AMX, Arm BF16) multiplies bfloat16 matrices
-# through a scalar fallback: 10-15x slower than float32 on an AVX2 laptop, about 1.1x with native support.
+# through a slow fallback: 12-20x the time of float32 here with AVX2 kernels only (CONTRIBUTING.md, "Other
+# machines"), 1.0-1.9x with native support.
 SLOW_BFLOAT16_RATIO = 3.0
 _REPORTED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "numpy", "matplotlib", "ipywidgets")
 
