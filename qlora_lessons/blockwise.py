@@ -73,7 +73,7 @@ def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     Shapes: scaled (n,), code (k,) sorted -> (n,) int64.
     Example: code [-1, 0, 1], scaled [-0.5, 0.2, 0.5] -> [0, 1, 1].
     """
-    midpoints = (code[:-1] + code[1:]) / 2
+    midpoints = ((code[:-1] + code[1:]) / 2).to(scaled.device)  # a CPU code table works for CUDA values too
     return torch.bucketize(scaled, midpoints, right=False)
 
 
