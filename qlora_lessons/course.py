@@ -36,4 +36,6 @@ LESSONS: tuple[Lesson, ...] = (
            "where memory spikes come from; 8-bit optimizer states; paging state between host and device"),
     Lesson("08_qlora_end_to_end.ipynb", "QLoRA end to end",
            "4-bit base + LoRA + paged 8-bit AdamW with transformers, peft and bitsandbytes; full vs LoRA vs QLoRA"),
+    Lesson("09_appendix_bitsandbytes_on_cpu.ipynb", "Appendix: matching bitsandbytes on the CPU",
+           "where bitsandbytes' CPU code differs from the exact computation (a 4-bit quirk, an 8-bit lookup table)"),
 )

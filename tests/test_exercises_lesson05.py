@@ -27,6 +27,7 @@ from qlora_lessons.nf4 import fp4_code, nf4_code
         (lesson05.check_fp4_decode, lesson05.solution_fp4_decode, lambda bits: abs(lesson05.solution_fp4_decode(bits))),
         (lesson05.check_reduction_vs_bfloat16, lesson05.solution_reduction_vs_bfloat16(), 0.875),  # codes vs fp32
         (lesson05.check_reduction_vs_bfloat16, lesson05.solution_reduction_vs_bfloat16(), 0.75),  # constants left out
+        (lesson05.check_best_offset, lesson05.solution_best_offset(), 0.9677083),  # NF4's own offset is not the best
     ],
 )
 def test_check_passes_the_solution_and_fails_a_wrong_answer(check, solution, wrong, grades):

@@ -17,6 +17,7 @@ from qlora_lessons.exercises import lesson06, show_solution
         (lesson06.check_centre, lesson06.solution_centre, lambda a: (a - a.median(), float(a.median()))),
         (lesson06.check_rebuild_constants, lesson06.solution_rebuild_constants,
          lambda codes, offset, absmax2, code8, b: code8[codes.long()] * absmax2[0] + offset),  # one absmax2 for all
+        (lesson06.check_dq_stops_paying, lesson06.solution_dq_stops_paying(), 64),
     ],
 )
 def test_check_passes_the_solution_and_fails_a_wrong_answer(check, solution, wrong, grades):
@@ -42,3 +43,7 @@ def test_a_failing_function_or_a_bool_is_reported_not_raised(capsys):
 def test_solutions_can_be_shown(capsys):
     show_solution(lesson06.solution_rebuild_constants)
     assert "blocksize2" in capsys.readouterr().out
+
+
+def test_double_quantization_stops_saving_5_percent_at_blocksize_128():
+    assert lesson06.solution_dq_stops_paying() == 128

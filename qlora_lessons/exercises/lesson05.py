@@ -1,5 +1,5 @@
 """Exercises for 05_nf4_by_hand: absmax int8, the nearest level, packing, the seed's 4-bit example, FP4 bits,
-the true memory reduction.
+the true memory reduction, the best NF4 offset (an experiment).
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.blockwise import nearest_code
-from qlora_lessons.exercises import agrees, close_to, report
+from qlora_lessons.exercises import agrees, close_to, is_number, report
 from qlora_lessons.nf4 import fp4_code, nf4_code
 
 
@@ -115,3 +115,30 @@ def check_reduction_vs_bfloat16(answer: float) -> bool:
 def solution_reduction_vs_bfloat16() -> float:
     bits = 4 + 32 / 64  # 4.5 bits per weight with its share of the float32 absmax
     return 1 - bits / 16  # 0.719: 72%, not the 87.5% of 4 bits vs 32
+
+
+def _offset_snr(offset: float, w: torch.Tensor) -> float:
+    from qlora_lessons.blockwise import quantization_error  # noqa: PLC0415
+    from qlora_lessons.quant_codes import fake_quantize, normal_code  # noqa: PLC0415
+
+    return quantization_error(w, fake_quantize(w, normal_code(float(offset)), 64)).snr_db
+
+
+def check_best_offset(answer: float) -> bool:
+    """NF4's offset 0.9677083 places its level 1.0 at Phi^-1(offset) = 1.848 standard deviations. Sweep the
+    offset over 0.85..0.99 with ``normal_code(offset)`` and ``fake_quantize`` on normal data in blocks of 64:
+    which offset gives the highest signal-to-noise ratio? (Within 0.03 dB of the best counts as right.)"""
+    w = torch.randn(2**16, generator=torch.Generator().manual_seed(5))
+    if not is_number(answer) or not 0.85 <= answer <= 0.99:
+        return report("best_offset", False, "a probability between 0.85 and 0.99, e.g. the best of your sweep")
+    best = max(_offset_snr(o, w) for o in torch.linspace(0.85, 0.99, 15).tolist())
+    hint = ("for each offset in torch.linspace(0.85, 0.99, 15): SNR of fake_quantize(w, normal_code(offset)); "
+            "is NF4's 0.9677 the best?")
+    return report("best_offset", _offset_snr(answer, w) >= best - 0.03, hint)
+
+
+def solution_best_offset(w: torch.Tensor | None = None) -> float:
+    w = torch.randn(2**16, generator=torch.Generator().manual_seed(0)) if w is None else w
+    offsets = torch.linspace(0.85, 0.99, 15).tolist()
+    snrs = [_offset_snr(o, w) for o in offsets]  # plot_offset_sweep(offsets, snrs) draws them
+    return offsets[max(range(len(snrs)), key=snrs.__getitem__)]  # about 0.93-0.94: below NF4's 0.9677

@@ -1,4 +1,5 @@
-"""Exercises for 06_double_quantization: bits per parameter, GB saved, centring and rebuilding the constants.
+"""Exercises for 06_double_quantization: bits per parameter, GB saved, centring and rebuilding the constants,
+the blocksize at which double quantization stops paying (an experiment).
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -98,3 +99,21 @@ def solution_rebuild_constants(codes: torch.Tensor, offset: float, absmax2: torc
                                blocksize2: int) -> torch.Tensor:
     block = torch.arange(codes.numel()) // blocksize2  # which second-level block each constant is in
     return code8[codes.long()] * absmax2[block] + offset  # (n_blocks,) float32
+
+
+def check_dq_stops_paying(answer: int) -> bool:
+    """Double quantization saves 8.3% of the bits at blocksize 64. Predict, then compute with ``bits_per_param``
+    over the blocksizes 32, 64, ..., 4096: the smallest blocksize at which it saves less than 5%?"""
+    hint = "for each blocksize: (bits_per_param(b) - bits_per_param(b, double_quant=True)) / bits_per_param(b)"
+    return report("dq_stops_paying", answer == solution_dq_stops_paying(), hint)
+
+
+def solution_dq_stops_paying() -> int:
+    from qlora_lessons.blockwise import BLOCKSIZES  # noqa: PLC0415
+    from qlora_lessons.double_quant import bits_per_param  # noqa: PLC0415
+
+    for blocksize in BLOCKSIZES:  # 32, 64, ..., 4096
+        plain = bits_per_param(blocksize)
+        if (plain - bits_per_param(blocksize, double_quant=True)) / plain < 0.05:
+            return blocksize  # 128: 4.25 -> 4.063 bits, 4.4%
+    raise AssertionError("double quantization saves at least 5% at every blocksize")
