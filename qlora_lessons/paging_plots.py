@@ -18,6 +18,8 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
                          budget_bytes: int | None = None) -> Figure:
     """Stacked bars of device bytes per event, one panel per timeline, with each timeline's budget as a line.
 
+    State that a paged optimizer evicted to host memory (``MemoryEvent.evicted``) is drawn hatched on top.
+
     ``budget_bytes`` draws that budget in every panel instead of each timeline's own.
     Example: ``plot_memory_timeline(plain, offloaded, titles=["AdamW", "OffloadedAdamW"])`` -> a Figure of 2 panels.
     """
@@ -41,6 +43,9 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
             heights = [getattr(e, name) / scale for e in timeline.events]
             ax.bar(x, heights, bottom=bottom, label=name.replace("_", " "), width=0.85)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        if any(e.evicted for e in timeline.events):  # a paged optimizer's state in host RAM: drawn, not counted
+            ax.bar(x, [e.evicted / scale for e in timeline.events], bottom=bottom, width=0.85, fill=False,
+                   hatch="///", edgecolor="tab:green", label="state evicted to host")
         for field, marker, label in (("measured", "k.", "allocated (CUDA)"), ("measured_peak", "kv", "peak (CUDA)")):
             values = [getattr(e, field) for e in timeline.events]
             if all(v is not None for v in values):
@@ -50,7 +55,8 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
         ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize=6)
         ax.set_title(titles[k] if titles else f"peak {format_gb(timeline.peak_bytes)}", fontsize=9)
     axes[0][0].set_ylabel(f"device memory ({unit})")
-    axes[0][-1].legend(fontsize=6, loc="upper left")
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=6, loc="upper left")
     fig.tight_layout()
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig

@@ -389,6 +389,8 @@ def test_offloading_lowers_the_peak_by_the_state_minus_one_page_and_eviction_onl
     assert modelled.over_budget() == [] and [e.label for e in modelled.events if e.evicted] == [long_forward]
     assert {e.label: e.evicted for e in modelled.events}[long_forward] == events[long_forward].total - budget
     assert simulate_eviction(plain, state // 4, budget).over_budget() == [long_forward]  # too little to evict
+    hatched = [p for p in plot_memory_timeline(modelled).axes[0].patches if p.get_hatch() == "///"]
+    assert len(hatched) == len(modelled) and sum(p.get_height() > 0 for p in hatched) == 1  # the evicted state
 
     paged.budget_bytes = budget
     figure = plot_memory_timeline(plain, paged, titles=["AdamW", "OffloadedAdamW"])
