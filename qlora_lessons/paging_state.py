@@ -14,7 +14,7 @@ Where the bytes live:
 Sources: QLoRA (Dettmers et al. 2023) section 3, "Paged Optimizers"; bitsandbytes 0.50
 ``Optimizer8bit.get_state_buffer`` (the 1e5 rule, ``F.get_paged``), ``Optimizer8bit.prefetch_state``,
 ``functional.get_paged`` (``cget_managed_ptr``: ``cudaMallocManaged``) and ``prefetch_tensor``
-(``cprefetch``: ``cudaMemPrefetchAsync``).
+(``cprefetch``: ``cudaMemPrefetchAsync``, where the device reports ``cudaDevAttrConcurrentManagedAccess``).
 
 Left out: the step counters (one scalar per tensor), and states kept in the parameters' dtype (torch's
 AdamW keeps bfloat16 moments for bfloat16 parameters; bitsandbytes' 32-bit optimizers keep float32).
