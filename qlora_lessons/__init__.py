@@ -38,9 +38,11 @@ _MODULES = {  # module (under qlora_lessons) -> the public names it defines
     "nf4": ("QuantState", "dequantize_4bit", "fp4_code", "int4_code", "nf4_code", "pack_4bit", "quantize_4bit",
         "unpack_4bit"),
     "nf4_bitsandbytes": ("from_bitsandbytes", "to_bitsandbytes", "to_linear4bit"),
-    "paging": ("MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic",
-        "count_saved_activations", "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline"),
+    "paging": ("MemoryEvent", "MemoryTimeline", "OffloadedAdamW", "OptimizerStateBytes", "PagedAdamW",
+        "PagingTraffic", "count_saved_activations", "optimizer_state_bytes", "plot_memory_timeline",
+        "record_memory_timeline", "simulate_eviction"),
     "paging_plots": ("budget_slider",),
+    "paging_state": ("lora_adapter_shapes",),
     "qlora": ("Dequantize4bitLinear", "QLoRALinear", "prepare_qlora"),
     "qlora_memory": ("TrainingMemory", "count_training_memory", "measure_peak_bytes", "random_causal_lm"),
     "qlora_plots": ("answer_table", "plot_training_memory"),
@@ -87,8 +89,9 @@ __all__ = [
     "Blockwise8bitState", "ConstantsMemory", "bits_per_param", "dequantize_absmax", "dequantize_blockwise_8bit",
     "dynamic_map", "estimate_constants_memory", "quantize_absmax", "quantize_blockwise_8bit",
     # paged optimizers (lesson 07)
-    "MemoryEvent", "MemoryTimeline", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic", "count_saved_activations",
-    "optimizer_state_bytes", "plot_memory_timeline", "record_memory_timeline",
+    "MemoryEvent", "MemoryTimeline", "OffloadedAdamW", "OptimizerStateBytes", "PagedAdamW", "PagingTraffic",
+    "count_saved_activations", "lora_adapter_shapes", "optimizer_state_bytes", "plot_memory_timeline",
+    "record_memory_timeline", "simulate_eviction",
     # absmax integer codes (lesson 05)
     "dequantize_int", "quantize_int",
     # AdamW by hand and 8-bit optimizer state (lesson 07)

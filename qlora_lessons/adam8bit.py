@@ -17,11 +17,16 @@ moments, as bitsandbytes does. The update itself is exact; only what is stored b
 Where 8 bits bite: the unsigned map's smallest positive level is 3.25e-7, so rounded to the nearest level a v
 below 1.6e-7 of its block's largest is stored as 0 while its m is not. If that element's next gradients are
 smaller still (an embedding row whose token is absent from the batch; a unit that went quiet), the update is
-about lr * m_hat / eps: hundreds of times lr. bitsandbytes' CUDA kernel rounds to the nearest level; its CPU
-path rounds through a table that sends tiny values to a small positive level. ``v_floor=True`` (the default)
-stores a positive v at least as the smallest positive level, never as 0: a larger v, hence a smaller, safe
-update. transformers' Trainer also keeps the state of every ``nn.Embedding`` in 32 bits with bitsandbytes
-(``GlobalOptimManager`` override ``{"optim_bits": 32}``); a parameter group with ``"optim_bits": 32`` does so here.
+about lr * m_hat / eps: hundreds of times lr. bitsandbytes' CUDA kernel (``kOptimizer8bit2StateBlockwise``)
+rounds v to the nearest level; its CPU path rounds through a table that sends tiny values to a small positive
+level. ``v_floor=True`` (the default) is this course's own choice, not a bitsandbytes option: it stores a
+positive v at least as the smallest positive level, never as 0: a larger v, hence a smaller, safe update.
+``v_floor=False`` is the nearest rounding of bitsandbytes' CUDA kernel. transformers' Trainer also keeps the
+state of every ``nn.Embedding`` in 32 bits with bitsandbytes (``GlobalOptimManager`` override
+``{"optim_bits": 32}``); a parameter group with ``"optim_bits": 32`` does so here.
+
+8-bit state is an add-on to QLoRA, not one of its ideas: the paper's reference code trains with
+``paged_adamw_32bit``, and with LoRA the state is the adapters' only, a few hundred MB for a 7B model.
 
 Left out: stochastic rounding, percentile clipping, the sign fix bitsandbytes' CUDA kernel applies to m
 (a code whose sign differs from m's is moved one level), and the fused kernel (one pass over the codes).

@@ -10,7 +10,7 @@ step t = 1, 2, ...:
     v <- beta2 * v + (1 - beta2) * g * g                              second moment
     W <- W - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)   bias-corrected step
 
-m and v are the optimizer state: 8 bytes per parameter in float32, twice the weights. ``paging.PagedAdamW``
+m and v are the optimizer state: 8 bytes per parameter in float32, twice the weights. ``paging.OffloadedAdamW``
 keeps them in host memory and updates a page at a time; ``adam8bit.AdamW8bit`` stores them in 8 bits and
 dequantizes them for each update. Both call ``adamw_update_``, so each is AdamW wherever its state is exact.
 

@@ -1,25 +1,26 @@
-"""Paged optimizers: keep the optimizer state in host memory and bring it to the device a page at a time.
+"""Optimizer-state offload: AdamW whose state lives in host memory and visits the device a page at a time.
 
-AdamW keeps two moments per trainable parameter (exp_avg m and exp_avg_sq v), 8 bytes per parameter in
-float32: twice the weights. A paged optimizer keeps m and v in host (CPU) memory and, during ``step()``,
-does what the course's source article describes: load a batch (a page) of state to the device, update the
-parameters of that page, store the state back in host memory, repeat with the next page. The device then
-holds one page of state instead of all of it, and pays for it in bytes moved over the host-device link.
+This is *not* what bitsandbytes' paged optimizers do; it is their worst case, made visible. A paged optimizer
+(QLoRA, Dettmers et al. 2023, section 3) allocates its state tensors of at least 1e5 elements in CUDA unified
+memory (bitsandbytes ``Optimizer8bit.get_state_buffer`` -> ``functional.get_paged`` -> ``cudaMallocManaged``)
+and prefetches each one to the GPU before its update (``Optimizer8bit.prefetch_state`` ->
+``cudaMemPrefetchAsync``). The state lives on the GPU while it fits and nothing moves; only when the GPU runs
+out of memory does the driver evict pages to host RAM, and they come back when the next update touches them.
 
-``PagedAdamW`` does this by hand with explicit copies, so every step can be read and counted. Its updates
-are torch.optim.AdamW's, operation for operation. ``optimizer_state_bytes`` gives the state sizes of the
-common optimizers (32-bit, bitsandbytes 8-bit, paged). The memory timeline lives in ``paging_timeline``
-(figures in ``paging_plots``); this module re-exports both.
+``OffloadedAdamW`` moves the whole state out and back at *every* step, with explicit copies that can be read
+and counted: the optimizer-state offload of ZeRO-Offload (Ren et al. 2021), on one device. Its updates are
+torch.optim.AdamW's, operation for operation. ``PagedAdamW`` is its former name, kept as a deprecated alias.
+``optimizer_state_bytes`` gives the state sizes of the common optimizers and where they live; the memory
+timeline lives in ``paging_timeline`` (figures in ``paging_plots``); this module re-exports both.
 
-Left out: bitsandbytes' mechanism, CUDA unified memory (``cudaMallocManaged``): the driver moves pages on
-demand and bitsandbytes prefetches each state tensor of at least 1e5 elements before its update
-(bitsandbytes ``Optimizer8bit.get_state_buffer`` and ``prefetch_state``). Also left out: AMSGrad, maximize,
-sparse gradients, overlapping the copies of one page with the update of the previous one.
+Left out: AMSGrad, maximize, sparse gradients, overlapping the copies of one page with the update of the
+previous one, and unified memory itself (it needs CUDA: ``benchmarks/paging_gpu.py`` measures it on a GPU).
 """
 
 from __future__ import annotations
 
 import bisect
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,25 +29,33 @@ import torch
 from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
 from qlora_lessons.paging_plots import plot_memory_timeline
 from qlora_lessons.paging_state import PAGE_BYTES, OptimizerStateBytes, format_gb, optimizer_state_bytes
-from qlora_lessons.paging_timeline import MemoryEvent, MemoryTimeline, count_saved_activations, record_memory_timeline
+from qlora_lessons.paging_timeline import (
+    MemoryEvent,
+    MemoryTimeline,
+    count_saved_activations,
+    record_memory_timeline,
+    simulate_eviction,
+)
 
 __all__ = [
     "PAGE_BYTES",
     "MemoryEvent",
     "MemoryTimeline",
     "OptimizerStateBytes",
+    "OffloadedAdamW",
     "PagedAdamW",
     "PagingTraffic",
     "count_saved_activations",
     "optimizer_state_bytes",
     "plot_memory_timeline",
     "record_memory_timeline",
+    "simulate_eviction",
 ]
 
 
 @dataclass(frozen=True)
 class PagingTraffic:
-    """What a paged optimizer moved between host and device memory since it was created (or reset)."""
+    """What ``OffloadedAdamW`` moved between host and device memory since it was created (or reset)."""
 
     bytes_to_device: int
     bytes_to_host: int
@@ -60,8 +69,11 @@ class PagingTraffic:
         )
 
 
-class PagedAdamW(torch.optim.Optimizer):
+class OffloadedAdamW(torch.optim.Optimizer):
     """AdamW whose state lives in host memory and visits the device one page at a time during ``step()``.
+
+    Optimizer-state offload: every step copies all of m and v to the device and back, page by page (what a
+    paged optimizer does only under memory pressure, and then only for the pages the driver evicted).
 
     The update is torch.optim.AdamW's (Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
     Algorithm 2), in torch's order of operations, for step t, gradient g and parameter W:
@@ -110,22 +122,23 @@ class PagedAdamW(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a group before the first step (the flat host state is laid out at the first step)."""
         if self._host is not None:
-            raise RuntimeError("PagedAdamW lays out its host state at the first step; add parameter groups before it")
+            raise RuntimeError("OffloadedAdamW lays out its host state at the first step; add parameter groups "
+                               "before it")
         params = param_group["params"]
         params = [params] if torch.is_tensor(params) else list(params)
         if not params:
-            raise ValueError("a parameter group of PagedAdamW needs at least one parameter")
+            raise ValueError("a parameter group of OffloadedAdamW needs at least one parameter")
         first = self.param_groups[0]["params"][0] if self.param_groups else params[0]
         for p in params:
             if not p.is_floating_point():
-                raise TypeError(f"PagedAdamW needs floating-point parameters, got dtype {p.dtype}")
+                raise TypeError(f"OffloadedAdamW needs floating-point parameters, got dtype {p.dtype}")
             if p.dtype != first.dtype or p.device != first.device:
                 raise ValueError(
-                    f"PagedAdamW needs all parameters on one device with one dtype, got {p.dtype} on {p.device} "
+                    f"OffloadedAdamW needs all parameters on one device with one dtype, got {p.dtype} on {p.device} "
                     f"and {first.dtype} on {first.device}"
                 )
             if not p.is_contiguous():
-                raise ValueError(f"PagedAdamW needs contiguous parameters, got one of shape {tuple(p.shape)}")
+                raise ValueError(f"OffloadedAdamW needs contiguous parameters, got one of shape {tuple(p.shape)}")
         super().add_param_group({**param_group, "params": params})
 
     @property
@@ -184,7 +197,7 @@ class PagedAdamW(torch.optim.Optimizer):
         for _, p, _ in self._segments:
             if p.grad is not None:
                 if p.grad.is_sparse:
-                    raise RuntimeError("PagedAdamW does not support sparse gradients")
+                    raise RuntimeError("OffloadedAdamW does not support sparse gradients")
                 self.state[p]["step"] += 1
         total, per_page = self._host[0].numel(), self.page_elements
         for start in range(0, total, per_page):
@@ -237,3 +250,17 @@ class PagedAdamW(torch.optim.Optimizer):
         """torch.optim.adam._single_tensor_adam with decoupled weight decay, line for line."""
         adamw_update_(param, grad, exp_avg, exp_avg_sq, step=step, lr=group["lr"], betas=group["betas"],
                       eps=group["eps"], weight_decay=group["weight_decay"])
+
+
+class PagedAdamW(OffloadedAdamW):
+    """Deprecated name of ``OffloadedAdamW``: it offloads the state every step, which bitsandbytes' paged
+    optimizers do not (see the module docstring). Warns with a DeprecationWarning, then behaves the same."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        warnings.warn(
+            "qlora_lessons.PagedAdamW is now OffloadedAdamW: it copies the state between host and device every "
+            "step (optimizer-state offload); bitsandbytes' paged optimizers keep it on the GPU until memory runs short",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)

@@ -1,5 +1,5 @@
 """Figures for paged optimizers: the memory timeline as stacked bars against a device budget, and a slider
-that moves the budget and says which events cross it."""
+that moves the budget, says which events cross it and, given the evictable state, models a paged optimizer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from qlora_lessons.paging_state import format_gb
-from qlora_lessons.paging_timeline import CATEGORIES, MemoryTimeline
+from qlora_lessons.paging_timeline import CATEGORIES, MemoryTimeline, simulate_eviction
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -18,8 +18,10 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
                          budget_bytes: int | None = None) -> Figure:
     """Stacked bars of device bytes per event, one panel per timeline, with each timeline's budget as a line.
 
+    State that a paged optimizer evicted to host memory (``MemoryEvent.evicted``) is drawn hatched on top.
+
     ``budget_bytes`` draws that budget in every panel instead of each timeline's own.
-    Example: ``plot_memory_timeline(plain, paged, titles=["AdamW", "PagedAdamW"])`` -> a Figure of 2 panels.
+    Example: ``plot_memory_timeline(plain, offloaded, titles=["AdamW", "OffloadedAdamW"])`` -> a Figure of 2 panels.
     """
     import matplotlib.pyplot as plt
 
@@ -41,6 +43,9 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
             heights = [getattr(e, name) / scale for e in timeline.events]
             ax.bar(x, heights, bottom=bottom, label=name.replace("_", " "), width=0.85)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        if any(e.evicted for e in timeline.events):  # a paged optimizer's state in host RAM: drawn, not counted
+            ax.bar(x, [e.evicted / scale for e in timeline.events], bottom=bottom, width=0.85, fill=False,
+                   hatch="///", edgecolor="tab:green", label="state evicted to host")
         for field, marker, label in (("measured", "k.", "allocated (CUDA)"), ("measured_peak", "kv", "peak (CUDA)")):
             values = [getattr(e, field) for e in timeline.events]
             if all(v is not None for v in values):
@@ -50,19 +55,24 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
         ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize=6)
         ax.set_title(titles[k] if titles else f"peak {format_gb(timeline.peak_bytes)}", fontsize=9)
     axes[0][0].set_ylabel(f"device memory ({unit})")
-    axes[0][-1].legend(fontsize=6, loc="upper left")
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=6, loc="upper left")
     fig.tight_layout()
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
 
 
 def budget_slider(*timelines: MemoryTimeline, titles: Sequence[str] | None = None,
-                  budget_bytes: int | None = None) -> ipywidgets.VBox:
+                  budget_bytes: int | None = None, evictable_bytes: int | None = None) -> ipywidgets.VBox:
     """A slider over the device budget (MB) that redraws the timelines and lists the events above it.
+
+    With ``evictable_bytes``, a last panel "paged (modelled)" replays the first timeline through
+    ``simulate_eviction`` at each budget: a paged optimizer's state leaves the device only where it must.
 
     The slider runs from 0 to 1.25 x the highest peak; it starts at ``budget_bytes`` (default: the first
     timeline's budget, else its peak). Caption per timeline: its peak and the events over the budget.
-    Example: ``budget_slider(plain, paged, titles=["AdamW", "PagedAdamW"])`` -> a widget to display.
+    Example: ``budget_slider(plain, offloaded, titles=["AdamW", "OffloadedAdamW"], evictable_bytes=n)`` -> a
+    widget of three panels to display.
     Returns an ipywidgets VBox: the slider, the caption (HTML) and the figure.
     """
     import ipywidgets as widgets
@@ -71,6 +81,8 @@ def budget_slider(*timelines: MemoryTimeline, titles: Sequence[str] | None = Non
     if not timelines or not all(isinstance(t, MemoryTimeline) and len(t) for t in timelines):
         raise ValueError("budget_slider needs one or more MemoryTimeline with events")
     names = list(titles) if titles is not None else [f"timeline {k}" for k in range(len(timelines))]
+    if evictable_bytes is not None:
+        names.append("paged (modelled)")
     start = budget_bytes if budget_bytes is not None else timelines[0].budget_bytes or timelines[0].peak_bytes
     top = 1.25 * max(t.peak_bytes for t in timelines) / 1e6
     slider = widgets.FloatSlider(value=start / 1e6, min=0.0, max=top, step=top / 200, description="budget (MB)",
@@ -79,15 +91,18 @@ def budget_slider(*timelines: MemoryTimeline, titles: Sequence[str] | None = Non
 
     def show(megabytes: float) -> None:
         budget = int(megabytes * 1e6)
+        shown = list(timelines)
+        if evictable_bytes is not None:
+            shown.append(simulate_eviction(timelines[0], evictable_bytes, budget))
         lines = []
-        for name, timeline in zip(names, timelines):
+        for name, timeline in zip(names, shown):
             over = timeline.over_budget(budget)
             verdict = f"over the budget at {', '.join(over)}" if over else "stays under the budget"
             lines.append(f"{name}: peak {timeline.peak_bytes / 1e6:.1f} MB, {verdict}")
         caption.value = "<br>".join(lines)
         picture.clear_output(wait=True)
         with picture:
-            display(plot_memory_timeline(*timelines, titles=titles, budget_bytes=budget))
+            display(plot_memory_timeline(*shown, titles=names, budget_bytes=budget))
 
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)

@@ -6,10 +6,13 @@ At each event of a training step the device holds
     after backward:  weights + gradients + state            (the saved activations are freed)
     after step:      weights + gradients + state            (AdamW's state appears at the first step)
 A long-sequence batch multiplies the activations; with AdamW's 8 bytes of state per parameter always
-resident, that batch is where a run crosses its budget. A paged optimizer keeps one page resident instead.
+resident, that batch is where a run crosses its budget. ``simulate_eviction`` replays a timeline as a paged
+optimizer would live it (QLoRA section 3): the state stays resident until an event overflows the budget,
+then the driver evicts up to the evictable (unified-memory) bytes of state to host RAM, and the next step
+pages them back. An offloaded optimizer (``OffloadedAdamW``) keeps one page resident at every event.
 
 On CPU the timeline accounts the bytes a device would hold: tensor sizes, the optimizer's resident state
-(``device_state_bytes`` for a paged optimizer, else every state tensor), and activations counted with
+(``device_state_bytes`` for an offloaded optimizer, else every state tensor), and activations counted with
 ``torch.autograd.graph.saved_tensors_hooks`` (each saved storage once, parameters excluded). On CUDA each
 event also records ``torch.cuda.memory_allocated()``, what the allocator really holds.
 
@@ -20,7 +23,7 @@ allocator fragmentation and the caching allocator's reserved-but-unused memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,7 +35,8 @@ CATEGORIES = ("weights", "gradients", "optimizer_state", "activations")
 @dataclass(frozen=True)
 class MemoryEvent:
     """Device-resident bytes by category at one event. On CUDA, ``measured`` is what the allocator holds at
-    the event and ``measured_peak`` the most it held since the previous event (None elsewhere)."""
+    the event and ``measured_peak`` the most it held since the previous event (None elsewhere). ``evicted``:
+    bytes of optimizer state a paged optimizer has in host memory at this event (not part of ``total``)."""
 
     label: str
     weights: int = 0
@@ -41,6 +45,7 @@ class MemoryEvent:
     activations: int = 0
     measured: int | None = None
     measured_peak: int | None = None
+    evicted: int = 0
 
     @property
     def total(self) -> int:
@@ -52,6 +57,8 @@ class MemoryEvent:
         measured = "" if self.measured is None else f", measured {format_gb(self.measured)}"
         if self.measured_peak is not None:
             measured += f", measured peak {format_gb(self.measured_peak)}"
+        if self.evicted:
+            measured += f", evicted to host {format_gb(self.evicted)}"
         return f"MemoryEvent({self.label!r}: {format_gb(self.total)} = {parts}{measured})"
 
 
@@ -118,6 +125,32 @@ class MemoryTimeline:
         return f"MemoryTimeline({len(self)} events, peak {format_gb(peak.total)} at {peak.label!r}{budget})"
 
 
+def simulate_eviction(timeline: MemoryTimeline, evictable_bytes: int, budget_bytes: int | None = None
+                      ) -> MemoryTimeline:
+    """The timeline as a paged optimizer lives it: optimizer state evicted to host only where the budget overflows.
+
+    At each event: overflow = max(0, total - budget); evicted = min(overflow, evictable_bytes, optimizer_state);
+    the event keeps optimizer_state - evicted on the device. An event that still overflows (overflow > evicted)
+    is an out-of-memory even with paging. Every other event is unchanged: in the normal case nothing moves.
+    A model of the CUDA driver's eviction (QLoRA section 3), not a measurement: on a GPU,
+    ``benchmarks/paging_gpu.py`` observes the real thing with ``torch.cuda.mem_get_info``.
+    Shapes: a timeline of n events -> a new timeline of n events (same labels and budget).
+    Example: events of 110 and 90 bytes, 30 of them state, budget 100, 30 evictable -> the first keeps 20 bytes
+    of state (10 evicted), the second is unchanged.
+    """
+    if not isinstance(timeline, MemoryTimeline):
+        raise TypeError(f"timeline must be a MemoryTimeline, got {type(timeline).__name__}")
+    _check_bytes("evictable_bytes", evictable_bytes)
+    budget = timeline.budget_bytes if budget_bytes is None else _check_bytes("budget_bytes", budget_bytes)
+    if budget is None:
+        raise ValueError("no budget: pass budget_bytes here or to MemoryTimeline(budget_bytes=...)")
+    paged = MemoryTimeline(budget)
+    for e in timeline.events:
+        evicted = min(max(0, e.total - budget), evictable_bytes, e.optimizer_state)
+        paged._events.append(replace(e, optimizer_state=e.optimizer_state - evicted, evicted=evicted))
+    return paged
+
+
 def _check_bytes(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int number of bytes, got {type(value).__name__} {value!r}")
@@ -144,7 +177,7 @@ def count_gradient_bytes(model: torch.nn.Module) -> int:
 
 
 def count_optimizer_device_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of optimizer state on the device: a paged optimizer's ``device_state_bytes``, else every state
+    """Bytes of optimizer state on the device: an offloaded optimizer's ``device_state_bytes``, else every state
     tensor except the step counters (torch keeps them as CPU scalars), each storage once."""
     if hasattr(optimizer, "device_state_bytes"):
         return int(optimizer.device_state_bytes)

@@ -10,13 +10,16 @@ from qlora_lessons.exercises import lesson07
 @pytest.mark.parametrize(
     ("check", "solution", "wrong"),
     [
-        # Wrong answers: one moment only (or 2-byte moments); a string; the partial last page dropped; a page
-        # count not rounded up; the saving without the page that stays on the device.
+        # Wrong answers: one moment only (or 2-byte moments); a string; every adapter tensor counted as paged, or
+        # none; the evictable bytes of all the adapters' state (0.32 GB) or in one layer; r=24 (98,304 < 1e5).
         (lesson07.check_adamw_state_bytes, lesson07.solution_adamw_state_bytes, 28_000_000_000),
         (lesson07.check_adamw_state_bytes, lesson07.solution_adamw_state_bytes, "56 GB"),
-        (lesson07.check_pages_per_step, lesson07.solution_pages_per_step, 76),
-        (lesson07.check_pages_per_step, lesson07.solution_pages_per_step, 10_000_000 / 131_072),
-        (lesson07.check_peak_saving, lesson07.solution_peak_saving, 80_000_000),
+        (lesson07.check_paged_tensors_7b, lesson07.solution_paged_tensors_7b, 14),
+        (lesson07.check_paged_tensors_7b, lesson07.solution_paged_tensors_7b, 0),
+        (lesson07.check_evictable_bytes_7b, lesson07.solution_evictable_bytes_7b, 8 * 39_976_960),
+        (lesson07.check_evictable_bytes_7b, lesson07.solution_evictable_bytes_7b, 135_266_304 // 32),
+        (lesson07.check_rank_all_paged, lesson07.solution_rank_all_paged, 24),
+        (lesson07.check_rank_all_paged, lesson07.solution_rank_all_paged, 32),
         # 8-bit state: the tables and absmax forgotten (8n - 2n); the signed map counted whole; half of it.
         (lesson07.check_8bit_saving_7b, lesson07.solution_8bit_saving_7b, 6 * 7_000_000_000),
         (lesson07.check_levels_for_v, lesson07.solution_levels_for_v, 256),

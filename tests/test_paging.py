@@ -1,5 +1,6 @@
-"""Tests of qlora_lessons.paging: PagedAdamW against torch.optim.AdamW, state sizes against torch and
-bitsandbytes, and the memory timeline's accounting."""
+"""Tests of qlora_lessons.paging: OffloadedAdamW against torch.optim.AdamW (and its deprecated name PagedAdamW),
+state sizes and the paged share against torch and bitsandbytes, the memory timeline's accounting, the eviction
+model, and benchmarks/paging_gpu.py without CUDA."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from hypothesis import strategies as st
 
 from qlora_lessons.paging import (
     MemoryTimeline,
+    OffloadedAdamW,
     PagedAdamW,
     count_saved_activations,
     optimizer_state_bytes,
     plot_memory_timeline,
     record_memory_timeline,
+    simulate_eviction,
 )
-from qlora_lessons.paging_state import format_gb
+from qlora_lessons.paging_state import MIN_PAGED_SIZE, format_gb, lora_adapter_shapes
 
 from tiny_models import tiny_llama
 
@@ -68,10 +71,10 @@ def adamw_run():
 # Pages of 500 elements (smaller than every matrix, larger than the 64-element norms, so pages straddle
 # tensors), 6144 (between the 4096- and 8192-element matrices), 16384 (larger than every tensor), one page.
 @pytest.mark.parametrize("page_bytes", [4000, 6144 * 8, 16384 * 8, 10**9])
-def test_paged_adamw_equals_torch_adamw_on_a_llama_over_20_steps(adamw_run, page_bytes):
+def test_offloaded_adamw_equals_torch_adamw_on_a_llama_over_20_steps(adamw_run, page_bytes):
     initial, grads, weights, reference = adamw_run
     params = [torch.nn.Parameter(w.clone()) for w in initial]
-    optimizer = PagedAdamW(params, **HYPER, page_bytes=page_bytes)
+    optimizer = OffloadedAdamW(params, **HYPER, page_bytes=page_bytes)
     n_params = sum(p.numel() for p in params)
     worst = 0.0
     for step in range(STEPS):
@@ -92,10 +95,10 @@ def test_paged_adamw_equals_torch_adamw_on_a_llama_over_20_steps(adamw_run, page
     assert optimizer.host_state_bytes == 8 * n_params
 
 
-def test_paged_adamw_trains_a_llama_like_adamw_end_to_end():
+def test_offloaded_adamw_trains_a_llama_like_adamw_end_to_end():
     plain, paged = llama(), llama()
     train(plain, torch.optim.AdamW(plain.parameters(), **HYPER), STEPS)
-    train(paged, PagedAdamW(paged.parameters(), **HYPER, page_bytes=6144 * 8), STEPS)
+    train(paged, OffloadedAdamW(paged.parameters(), **HYPER, page_bytes=6144 * 8), STEPS)
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), paged.parameters(), strict=True))
 
 
@@ -109,7 +112,7 @@ def test_frozen_parameters_and_groups_follow_adamw():
         return [{"params": decay}, {"params": [p for n, p in model.named_parameters() if "norm" in n], "lr": 0.05}]
 
     reference = torch.optim.AdamW(groups(plain), **HYPER)
-    optimizer = PagedAdamW(groups(paged), **HYPER, page_bytes=4000)
+    optimizer = OffloadedAdamW(groups(paged), **HYPER, page_bytes=4000)
     train(plain, reference, 4)
     train(paged, optimizer, 4)
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), paged.parameters(), strict=True))
@@ -122,7 +125,7 @@ def test_loads_an_adamw_state_dict_and_continues_identically():
     reference = torch.optim.AdamW(plain.parameters(), **HYPER)
     train(plain, reference, 3)
     paged.load_state_dict(plain.state_dict())
-    optimizer = PagedAdamW(paged.parameters(), **HYPER, page_bytes=4000)
+    optimizer = OffloadedAdamW(paged.parameters(), **HYPER, page_bytes=4000)
     optimizer.load_state_dict(reference.state_dict())
     train(plain, reference, 3)
     train(paged, optimizer, 3)
@@ -145,7 +148,7 @@ def test_any_shapes_pages_and_dtypes_match_adamw(shapes, page_elements, dtype, l
     ours = [torch.nn.Parameter(t.clone()) for t in initial]
     theirs = [torch.nn.Parameter(t.clone()) for t in initial]
     hyper = {"lr": lr, "betas": (beta1, 0.999), "eps": 1e-8, "weight_decay": weight_decay}
-    optimizer = PagedAdamW(ours, **hyper, page_bytes=page_elements * 2 * initial[0].element_size())
+    optimizer = OffloadedAdamW(ours, **hyper, page_bytes=page_elements * 2 * initial[0].element_size())
     reference = torch.optim.AdamW(theirs, **hyper)
     for _ in range(3):
         for p, q in zip(ours, theirs, strict=True):
@@ -173,18 +176,18 @@ def test_any_shapes_pages_and_dtypes_match_adamw(shapes, page_elements, dtype, l
 )
 def test_bad_arguments_raise_errors_naming_them(kwargs, error, match):
     with pytest.raises(error, match=match):
-        PagedAdamW([torch.nn.Parameter(torch.zeros(3))], **kwargs)
+        OffloadedAdamW([torch.nn.Parameter(torch.zeros(3))], **kwargs)
 
 
 def test_bad_parameters_raise():
     with pytest.raises(ValueError, match="one device with one dtype"):
-        PagedAdamW([torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))])
+        OffloadedAdamW([torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))])
     with pytest.raises(ValueError, match="contiguous"):
-        PagedAdamW([torch.nn.Parameter(torch.zeros(3, 4).t())])
+        OffloadedAdamW([torch.nn.Parameter(torch.zeros(3, 4).t())])
     with pytest.raises(TypeError, match="floating-point"):
-        PagedAdamW([torch.zeros(3, dtype=torch.long)])
+        OffloadedAdamW([torch.zeros(3, dtype=torch.long)])
     p = torch.nn.Parameter(torch.zeros(3))
-    optimizer = PagedAdamW([p])
+    optimizer = OffloadedAdamW([p])
     with pytest.raises(ValueError, match="one device with one dtype"):
         optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]})
     assert len(optimizer.param_groups) == 1  # the bad group was not added
@@ -239,14 +242,59 @@ def test_32bit_state_bytes_equal_bitsandbytes_adamw():
     assert optimizer_state_bytes([100, 5000], "adamw").state_bytes == _bitsandbytes_state_bytes("AdamW", [100, 5000])
 
 
-def test_paged_state_sits_in_host_memory_but_one_page():
+def test_paged_state_is_resident_and_only_tensors_of_1e5_elements_are_evictable():
+    plain = optimizer_state_bytes([99_999, 100_000], "adamw")
+    paged = optimizer_state_bytes([99_999, 100_000], "paged_adamw")
+    assert paged.state_bytes == paged.device_bytes == plain.device_bytes == 8 * 199_999 and paged.host_bytes == 0
+    assert paged.evictable_bytes == 8 * 100_000 and plain.evictable_bytes == 0
+    paged8 = optimizer_state_bytes([5000, 200_000], "paged_adamw8bit")
+    assert paged8.state_bytes == optimizer_state_bytes([5000, 200_000], "adamw8bit").state_bytes == paged8.device_bytes
+    assert paged8.evictable_bytes == 2 * 200_000  # only the uint8 codes of m and v are managed; absmax is not
+
+
+def test_offloaded_state_sits_in_host_memory_but_one_page():
     plain = optimizer_state_bytes(1_000_000, "adamw")
-    paged = optimizer_state_bytes(1_000_000, "paged_adamw", page_bytes=1001)
-    assert paged.state_bytes == paged.host_bytes == plain.state_bytes == plain.device_bytes == 8_000_000
-    assert plain.host_bytes == 0 and paged.device_bytes == 1000  # whole elements: 125 of 8 bytes
-    assert optimizer_state_bytes(10, "paged_adamw", page_bytes=10**6).device_bytes == 80  # page > state
-    paged8 = optimizer_state_bytes(1_000_000, "paged_adamw8bit", page_bytes=2**16)
-    assert paged8.device_bytes == 2**16 and paged8.host_bytes == optimizer_state_bytes(10**6, "adamw8bit").state_bytes
+    offloaded = optimizer_state_bytes(1_000_000, "offloaded_adamw", page_bytes=1001)
+    assert offloaded.state_bytes == offloaded.host_bytes == plain.state_bytes == plain.device_bytes == 8_000_000
+    assert plain.host_bytes == 0 and offloaded.device_bytes == 1000  # whole elements: 125 of 8 bytes
+    assert optimizer_state_bytes(10, "offloaded_adamw", page_bytes=10**6).device_bytes == 80  # page > state
+    assert offloaded.evictable_bytes == 0
+
+
+def test_the_paging_rule_is_bitsandbytes():
+    bnb = pytest.importorskip("bitsandbytes")
+    import inspect
+
+    # get_state_buffer: "if not self.is_paged or p.numel() < 1e5: ordinary tensor, else F.get_paged".
+    source = inspect.getsource(bnb.optim.optimizer.Optimizer8bit.get_state_buffer)
+    assert "p.numel() < 1e5" in source and "F.get_paged" in source and MIN_PAGED_SIZE == 1e5
+
+
+def test_adapter_shapes_follow_peft_and_count_like_lesson_02():
+    from qlora_lessons.memory import count_lora_parameters, model_config
+    from qlora_lessons.memory_models import load_config
+
+    shapes = lora_adapter_shapes("llama-7b", 16)
+    assert len(shapes) == 14 and shapes["q_proj.lora_A"] == (16, 4096) and shapes["down_proj.lora_B"] == (4096, 16)
+    assert [n for n, (a, b) in shapes.items() if a * b >= MIN_PAGED_SIZE] == [
+        "gate_proj.lora_B", "up_proj.lora_B", "down_proj.lora_A"]
+    for preset, r in (("llama-7b", 64), ("llama-65b", 64), ("qwen2.5-0.5b", 8), ("mistral-7b", 16)):
+        numels = [a * b for a, b in lora_adapter_shapes(preset, r).values()] * load_config(preset)["num_hidden_layers"]
+        assert sum(numels) == count_lora_parameters(model_config(preset), r, "all-linear")
+    assert list(lora_adapter_shapes("llama-7b", 8, ("q_proj", "v_proj"))) == [
+        "q_proj.lora_A", "q_proj.lora_B", "v_proj.lora_A", "v_proj.lora_B"]
+    with pytest.raises(ValueError, match="r must be a positive int"):
+        lora_adapter_shapes("llama-7b", 0)
+
+
+def test_paged_adamw_is_a_deprecated_name_of_offloaded_adamw():
+    params = [torch.nn.Parameter(torch.ones(10))]
+    with pytest.warns(DeprecationWarning, match="now OffloadedAdamW"):
+        optimizer = PagedAdamW(params, lr=0.1, page_bytes=32)
+    assert isinstance(optimizer, OffloadedAdamW)
+    params[0].grad = torch.ones(10)
+    optimizer.step()
+    assert optimizer.traffic.pages_to_device == 3 and torch.allclose(params[0].detach(), torch.full((10,), 0.899))
 
 
 def test_the_8bit_rule_is_per_tensor():
@@ -256,8 +304,10 @@ def test_the_8bit_rule_is_per_tensor():
 
 
 def test_state_bytes_repr_reads_in_gb():
-    text = repr(optimizer_state_bytes(13_000_000_000, "paged_adamw"))
+    text = repr(optimizer_state_bytes(13_000_000_000, "offloaded_adamw"))
     assert "104.000 GB of state" in text and "0.00105 GB on the device" in text
+    text = repr(optimizer_state_bytes(13_000_000_000, "paged_adamw"))
+    assert "104.000 GB on the device, 0 GB in host memory, 104.000 GB evictable" in text
     assert format_gb(0) == "0 GB" and format_gb(24_576_000) == "0.0246 GB" and format_gb(208 * 10**9) == "208.000 GB"
 
 
@@ -269,7 +319,7 @@ def test_state_bytes_repr_reads_in_gb():
         ((True,), {}, TypeError, "n_params"),
         (([3, 2.0],), {}, TypeError, "n_params must hold ints"),
         ((10, "adam"), {}, ValueError, "optimizer must be one of"),
-        ((10, "paged_adamw"), {"page_bytes": 7}, ValueError, "page_bytes must be >= 8"),
+        ((10, "offloaded_adamw"), {"page_bytes": 7}, ValueError, "page_bytes must be >= 8"),
     ],
 )
 def test_state_bytes_bad_arguments(args, kwargs, error, match):
@@ -307,19 +357,19 @@ def test_timeline_records_peaks_and_budget():
         MemoryTimeline().over_budget()
 
 
-def test_paging_lowers_the_peak_by_the_state_minus_one_page():
+def test_offloading_lowers_the_peak_by_the_state_minus_one_page_and_eviction_only_where_needed():
     page_bytes = 4000
     batches = [batch(0), batch(1), batch(2, length=128), batch(3)]  # one long-sequence batch
     plain_model, paged_model = llama(), llama()
     n_params = sum(p.numel() for p in plain_model.parameters())
     plain = record_memory_timeline(plain_model, torch.optim.AdamW(plain_model.parameters()), batches, progress=False)
-    optimizer = PagedAdamW(paged_model.parameters(), page_bytes=page_bytes)
+    optimizer = OffloadedAdamW(paged_model.parameters(), page_bytes=page_bytes)
     paged = record_memory_timeline(paged_model, optimizer, batches, progress=False)
 
     long_forward = "forward 2 (T=128)"
     assert plain.peak.label == paged.peak.label == long_forward
     state = optimizer_state_bytes(n_params, "adamw").device_bytes  # 8 bytes per parameter, all resident
-    page = optimizer_state_bytes(n_params, "paged_adamw", page_bytes=page_bytes).device_bytes  # one page
+    page = optimizer_state_bytes(n_params, "offloaded_adamw", page_bytes=page_bytes).device_bytes  # one page
     assert plain.peak_bytes - paged.peak_bytes == state - page == 8 * n_params - 4000
 
     events = {e.label: e for e in plain.events}
@@ -334,9 +384,17 @@ def test_paging_lowers_the_peak_by_the_state_minus_one_page():
     budget = events[long_forward].weights + events[long_forward].activations + state // 2
     assert plain.over_budget(budget) == [long_forward] and paged.over_budget(budget) == []
 
+    # A paged optimizer, modelled: all of the state stays resident but where the budget overflows.
+    modelled = simulate_eviction(plain, state, budget)
+    assert modelled.over_budget() == [] and [e.label for e in modelled.events if e.evicted] == [long_forward]
+    assert {e.label: e.evicted for e in modelled.events}[long_forward] == events[long_forward].total - budget
+    assert simulate_eviction(plain, state // 4, budget).over_budget() == [long_forward]  # too little to evict
+    hatched = [p for p in plot_memory_timeline(modelled).axes[0].patches if p.get_hatch() == "///"]
+    assert len(hatched) == len(modelled) and sum(p.get_height() > 0 for p in hatched) == 1  # the evicted state
+
     paged.budget_bytes = budget
-    figure = plot_memory_timeline(plain, paged, titles=["AdamW", "PagedAdamW"])
-    assert len(figure.axes) == 2 and [ax.get_title() for ax in figure.axes] == ["AdamW", "PagedAdamW"]
+    figure = plot_memory_timeline(plain, paged, titles=["AdamW", "OffloadedAdamW"])
+    assert len(figure.axes) == 2 and [ax.get_title() for ax in figure.axes] == ["AdamW", "OffloadedAdamW"]
     assert any(line.get_linestyle() == "--" for line in figure.axes[1].get_lines())  # the budget line
     import matplotlib.pyplot as plt
 
@@ -383,5 +441,52 @@ def test_budget_override_and_budget_slider():
     assert slider.value == 2.0 and "over the budget at forward 0" in caption.value
     slider.value = 2.6  # MB: above the 2.5 MB peak
     assert "stays under the budget" in caption.value and "peak 2.5 MB" in caption.value
+    timeline.record("step 1", weights=1_000_000, gradients=500_000, optimizer_state=800_000)
+    paged = budget_slider(timeline, titles=["AdamW"], evictable_bytes=800_000, budget_bytes=2_000_000)
+    slider, caption, _ = paged.children
+    # step 1 (2.3 MB) goes over with AdamW; the model evicts 0.3 MB of its state there. forward 0 has no state.
+    assert "AdamW: peak 2.5 MB, over the budget at forward 0, step 1" in caption.value
+    assert caption.value.endswith("paged (modelled): peak 2.5 MB, over the budget at forward 0")
     with pytest.raises(ValueError, match="one or more MemoryTimeline"):
         budget_slider()
+
+
+def test_simulate_eviction_checks_its_arguments():
+    timeline = MemoryTimeline()
+    timeline.record("forward 0", weights=80, activations=30)
+    timeline.record("step 0", weights=80, optimizer_state=30)
+    paged = simulate_eviction(timeline, 30, budget_bytes=100)
+    assert [e.evicted for e in paged.events] == [0, 10] and paged.events[1].optimizer_state == 20
+    assert "evicted to host" in repr(paged.events[1]) and paged.budget_bytes == 100
+    with pytest.raises(ValueError, match="no budget"):
+        simulate_eviction(timeline, 30)
+    with pytest.raises(TypeError, match="timeline must be a MemoryTimeline"):
+        simulate_eviction([], 30, 100)
+    with pytest.raises(ValueError, match="evictable_bytes must be >= 0"):
+        simulate_eviction(timeline, -1, 100)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_the_gpu_benchmark_imports_on_cpu_and_exits_2_with_a_message():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "paging_gpu.py")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "needs a CUDA GPU" in done.stderr and "nothing was run" in done.stderr and "Traceback" not in done.stderr
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paging_gpu", root / "benchmarks" / "paging_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # importing runs nothing
+    control = {"outcome": "out of memory at the long batch's forward and backward"}
+    paged = {"outcome": "survived", "outside_torch_before": 3 * 10**9, "outside_torch_after_backward": 10**9,
+             "slack_bytes": 10**9}
+    assert module.verdict(control, paged).startswith("paging shown")
+    assert module.verdict({"outcome": "survived"}, paged).startswith("no claim")
+    assert module.verdict(control, {**paged, "outside_torch_after_backward": 3 * 10**9}).startswith("paged survived")

@@ -1,5 +1,5 @@
-"""Exercises for 07_paged_optimizers: the size of optimizer state, what paging it costs and saves, and how
-8-bit state is stored.
+"""Exercises for 07_paged_optimizers: the size of optimizer state, which of a QLoRA run's tensors a paged
+optimizer can evict and how much, and how 8-bit state is stored.
 
 Each ``check_*`` grades an answer against ``qlora_lessons.paging``, ``double_quant`` or ``adam8bit``; each
 ``solution_*`` works it out by hand.
@@ -13,12 +13,11 @@ import torch
 
 from qlora_lessons.double_quant import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
 from qlora_lessons.exercises import close_to, is_number, report
-from qlora_lessons.paging_state import optimizer_state_bytes
+from qlora_lessons.memory_models import load_config
+from qlora_lessons.paging_state import MIN_PAGED_SIZE, lora_adapter_shapes, optimizer_state_bytes
 
 # The exercises' fixed numbers, as the lesson states them.
 N_PARAMS_7B = 7_000_000_000
-N_PARAMS_SMALL = 10_000_000
-PAGE_BYTES_EXERCISE = 2**20  # 1 MiB
 
 
 def check_adamw_state_bytes(answer: int) -> bool:
@@ -35,39 +34,57 @@ def solution_adamw_state_bytes() -> int:
     return n_params * moments * bytes_per_value  # 56e9 bytes = 56 GB, 4x the 14 GB of bf16 weights
 
 
-def check_pages_per_step(answer: int) -> bool:
-    """Pages a ``PagedAdamW(page_bytes=PAGE_BYTES_EXERCISE)`` moves to the device per step for
-    ``N_PARAMS_SMALL`` float32 parameters (all with gradients)."""
-    elements_per_page = PAGE_BYTES_EXERCISE // 8  # what PagedAdamW.page_elements computes for float32
-    expected = -(-N_PARAMS_SMALL // elements_per_page)
+def _llama_7b_adapters(r: int) -> tuple[dict[str, tuple[int, int]], int]:
+    """LoRA shapes of one Llama-7B decoder layer at rank r (all linear layers), and the number of layers."""
+    return lora_adapter_shapes("llama-7b", r), load_config("llama-7b")["num_hidden_layers"]
+
+
+def check_paged_tensors_7b(answer: int) -> bool:
+    """How many of the 14 LoRA tensors of one Llama-7B layer (r=16, all linear layers) bitsandbytes pages:
+    a paged optimizer puts the state of a tensor in unified memory only from ``MIN_PAGED_SIZE`` elements."""
+    shapes, _ = _llama_7b_adapters(16)
+    expected = sum(rows * cols >= MIN_PAGED_SIZE for rows, cols in shapes.values())
     ok = is_number(answer) and answer == expected
-    return report("pages per step", ok, "a page holds m and v (8 bytes) per element; the last page may be partial")
+    hint = "lora_A is (r, in), lora_B (out, r); count those with r x (in or out) >= 100,000 (in/out: 4096 or 11008)"
+    return report("paged adapter tensors", ok, hint)
 
 
-def solution_pages_per_step() -> int:
+def solution_paged_tensors_7b() -> int:
+    r, hidden, intermediate = 16, 4096, 11008  # Llama-7B: q, k, v, o are (4096, 4096); gate, up (11008, 4096)
+    paged = 0
+    for out, inp in [(hidden, hidden)] * 4 + [(intermediate, hidden)] * 2 + [(hidden, intermediate)]:
+        paged += (r * inp >= 100_000) + (out * r >= 100_000)  # lora_A (r, in), lora_B (out, r)
+    return paged  # 3: gate and up lora_B (11008 x 16), down lora_A (16 x 11008); 65,536 elements stay put
+
+
+def check_evictable_bytes_7b(answer: int) -> bool:
+    """Bytes of paged 32-bit AdamW state that the driver can evict at most for LoRA r=16 on all linear layers of
+    Llama-7B (32 layers): m and v of every tensor that is paged."""
+    shapes, layers = _llama_7b_adapters(16)
+    expected = optimizer_state_bytes([rows * cols for rows, cols in shapes.values()] * layers,
+                                     "paged_adamw").evictable_bytes
+    hint = "only the tensors of at least 1e5 elements count (exercise 2); m and v in float32; every layer has them"
+    return report("evictable bytes", close_to(answer, expected, rel_tol=1e-9), hint)
+
+
+def solution_evictable_bytes_7b() -> int:
+    layers, r, intermediate = 32, 16, 11008
+    paged_elements = 3 * r * intermediate  # gate and up lora_B, down lora_A, in each layer
+    return layers * paged_elements * 2 * 4  # m and v in float32: 135,266,304 bytes of the 0.32 GB of state
+
+
+def check_rank_all_paged(answer: int) -> bool:
+    """The smallest rank r at which every LoRA tensor of a Llama-7B layer (all linear layers) is paged."""
+    expected = next(r for r in range(1, 4097)
+                    if all(a * b >= MIN_PAGED_SIZE for a, b in _llama_7b_adapters(r)[0].values()))
+    ok = is_number(answer) and answer == expected
+    return report("rank with every tensor paged", ok, "the smallest tensor is r x 4096: solve r x 4096 >= 100,000")
+
+
+def solution_rank_all_paged() -> int:
     import math
 
-    n_params = 10_000_000
-    page_bytes = 2**20
-    elements_per_page = page_bytes // (2 * 4)  # m and v, 4 bytes each -> 131072 elements
-    return math.ceil(n_params / elements_per_page)  # 76.3 -> 77 pages
-
-
-def check_peak_saving(answer: int) -> bool:
-    """Bytes by which paging lowers the peak: AdamW keeps all state of ``N_PARAMS_SMALL`` parameters on the
-    device; ``PagedAdamW(page_bytes=PAGE_BYTES_EXERCISE)`` keeps one page."""
-    plain = optimizer_state_bytes(N_PARAMS_SMALL, "adamw")
-    paged = optimizer_state_bytes(N_PARAMS_SMALL, "paged_adamw", page_bytes=PAGE_BYTES_EXERCISE)
-    expected = plain.device_bytes - paged.device_bytes
-    hint = "all of the state minus the one page that stays"
-    return report("peak saving", close_to(answer, expected, rel_tol=1e-6), hint)
-
-
-def solution_peak_saving() -> int:
-    n_params = 10_000_000
-    state = n_params * 2 * 4  # AdamW, float32: 80 MB, all on the device
-    page = 2**20  # PagedAdamW: one page of state on the device
-    return state - page  # 78_951_424 bytes
+    return math.ceil(100_000 / 4096)  # 24.4 -> 25: at r=24 the (24, 4096) tensors hold 98,304 elements
 
 
 def check_adamw8bit_state_bytes(fn: Callable[[int], int]) -> bool:
