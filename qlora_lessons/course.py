@@ -33,7 +33,8 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("06_double_quantization.ipynb", "Double quantization",
            "quantizing the quantization constants: 0.5 -> 0.127 bits per parameter"),
     Lesson("07_paged_optimizers.ipynb", "Paged optimizers",
-           "where memory spikes come from; 8-bit optimizer states; paging state between host and device"),
+           "where memory spikes come from; paged optimizers: state on the GPU, evicted to CPU RAM only under "
+           "pressure; what paging frees in QLoRA; 8-bit optimizer state as an add-on"),
     Lesson("08_qlora_end_to_end.ipynb", "QLoRA end to end",
            "4-bit base + LoRA + paged 8-bit AdamW with transformers, peft and bitsandbytes; full vs LoRA vs QLoRA"),
     Lesson("09_appendix_bitsandbytes_on_cpu.ipynb", "Appendix: matching bitsandbytes on the CPU",
