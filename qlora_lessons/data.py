@@ -50,3 +50,16 @@ def describe_task() -> dict[str, int]:
     return {"train questions": len(train), "train countries": len({e.country for e in train}),
             "test questions": len(test), "test countries": len({e.country for e in test}),
             "attributes per country": len(ATTRIBUTES)}
+
+
+def with_shots(examples: list[Example], shots: list[Example]) -> list[dict[str, str]]:
+    """Few-shot prompting: each example's prompt with solved ``shots`` written in front of it.
+
+    prompt = shot_1.prompt + " " + shot_1.answer + ". " + ... + example.prompt; the answer is unchanged.
+    Example: ``with_shots(load_task("test")[:1], load_task("train")[:1])[0]["prompt"]`` ->
+    ``'Q: What is the capital of Trunpurnor? A: Griford. Q: What is the capital of Mearnistan? A:'``.
+    """
+    if not all(isinstance(e, Example) for e in [*examples, *shots]):
+        raise TypeError("examples and shots must be lists of data.Example (from load_task)")
+    context = "".join(f"{shot.prompt}{shot.target} " for shot in shots)
+    return [{"prompt": context + example.prompt, "answer": example.answer} for example in examples]

@@ -34,6 +34,7 @@ class TrainResult:
     steps: int
     examples_seen: int
     trainable_parameters: int
+    eval_losses: tuple[tuple[int, float], ...] = ()  # (step, held-out answer loss), with ``eval_examples``
 
     def __repr__(self) -> str:
         return (f"TrainResult(steps={self.steps}, final loss={self.final_loss:.3f}, {self.seconds:.1f} s, "
@@ -81,6 +82,36 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+@torch.no_grad()
+def answer_loss(model: torch.nn.Module, tokenizer, examples: Sequence, *, batch_size: int = 128) -> float:
+    """Mean next-token loss on the answer tokens of ``examples``, without training (a held-out loss).
+
+    loss = - sum over answer tokens of log p(token | everything before it) / number of answer tokens,
+    the loss ``finetune`` minimises, here weighted by tokens over all examples, not averaged per batch.
+    Shapes: each batch's logits (B, T, V) against its labels shifted by one, (B, T-1); returns a float.
+    Example: ``answer_loss(model, tokenizer, load_task("test"))`` -> about 4.6 for the pretrained course model,
+    under 0.2 after lesson 01's fine-tuning.
+    """
+    if len(examples) == 0:
+        raise ValueError("examples is empty")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    encoded, total, count = encode_examples(tokenizer, examples), 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start:start + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits  # (B, T, V)
+        targets = batch["labels"][:, 1:].to(device)  # (B, T-1): token t is predicted at position t-1
+        keep = targets != -100
+        total += torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets[keep],
+                                                   reduction="sum").item()
+        count += int(keep.sum())
+    model.train(was_training)
+    return total / count
+
+
 def learning_rate_at(step: int, steps: int, lr: float, warmup: int, schedule: str) -> float:
     """Linear warm-up over ``warmup`` steps, then constant or cosine decay to zero at ``steps``."""
     if step < warmup:
@@ -94,14 +125,17 @@ def learning_rate_at(step: int, steps: int, lr: float, warmup: int, schedule: st
 def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: int = 150, lr: float = 1e-3,
              batch_size: int = 32, weight_decay: float = 0.0, warmup: int = 10, schedule: str = "cosine",
              optimizer: torch.optim.Optimizer | None = None, max_grad_norm: float | None = 1.0, seed: int | None = None,
-             progress: bool = True, desc: str = "fine-tuning") -> TrainResult:
+             progress: bool = True, desc: str = "fine-tuning", eval_examples: Sequence | None = None,
+             eval_every: int = 10) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` on ``examples`` for ``steps`` steps.
 
     ``optimizer=None`` uses ``torch.optim.AdamW(trainable, lr, weight_decay)``; pass another (a
     paged 8-bit AdamW, say) to use it; its learning rate still follows ``schedule``. Batches are
     drawn without replacement, reshuffled every epoch, from a generator seeded with ``seed``
     (``None``: torch's seed, ``torch.initial_seed()``, which ``setup_lesson(seed)`` sets); dropout draws
-    from the same seed. The model is left in eval mode.
+    from the same seed. The model is left in eval mode. With ``eval_examples``, ``answer_loss`` on them
+    is recorded before the first step, every ``eval_every`` steps and after the last one
+    (``TrainResult.eval_losses``); it draws no random numbers, and its time is not in ``seconds``.
 
     Example: ``finetune(model, tokenizer, load_task("train"), steps=150, lr=1e-3)`` -> a ``TrainResult``.
     """
@@ -113,6 +147,9 @@ def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: in
         raise ValueError(f"lr must be positive, got {lr}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if eval_examples is not None and (len(eval_examples) == 0 or eval_every <= 0):
+        raise ValueError(f"eval_examples must be non-empty and eval_every positive, got {len(eval_examples)} "
+                         f"examples and eval_every={eval_every}")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters (everything has requires_grad=False)")
@@ -123,10 +160,14 @@ def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: in
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     order: list[int] = []
-    losses, start = [], time.perf_counter()
+    losses, evals, eval_seconds, start = [], [], 0.0, time.perf_counter()
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=0.5)
     for step in bar:
+        if eval_examples is not None and step % eval_every == 0:
+            tick = time.perf_counter()
+            evals.append((step, answer_loss(model, tokenizer, eval_examples)))
+            eval_seconds += time.perf_counter() - tick
         if len(order) < batch_size:
             order = torch.randperm(len(encoded), generator=generator).tolist()
         batch_ids, order = order[:batch_size], order[batch_size:]
@@ -141,16 +182,20 @@ def finetune(model: torch.nn.Module, tokenizer, examples: Sequence, *, steps: in
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    seconds = time.perf_counter() - start - eval_seconds
+    if eval_examples is not None:
+        evals.append((steps, answer_loss(model, tokenizer, eval_examples)))
     model.eval()
-    return TrainResult(losses=tuple(losses), seconds=time.perf_counter() - start, steps=steps,
-                       examples_seen=steps * batch_size, trainable_parameters=sum(p.numel() for p in trainable))
+    return TrainResult(losses=tuple(losses), seconds=seconds, steps=steps, examples_seen=steps * batch_size,
+                       trainable_parameters=sum(p.numel() for p in trainable), eval_losses=tuple(evals))
 
 
 def plot_loss_curves(curves, *, window: int = 1, difference: bool = False, title: str = "Training loss"):
     """The loss at every step of one or more runs, on a log scale; one figure for every lesson.
 
     ``curves`` maps a label to a ``TrainResult`` (its label then shows the final loss) or to a sequence
-    of losses. With ``window`` > 1 each run is drawn thin, with its moving average thick:
+    of losses; a ``TrainResult`` with ``eval_losses`` adds its held-out loss, dashed, in the same colour.
+    With ``window`` > 1 each run is drawn thin, with its moving average thick:
     smoothed_t = mean(loss_{t - window + 1} .. loss_t) (fewer terms at the start). With
     ``difference=True`` a second panel shows every run minus the first one.
     Example: ``plot_loss_curves({"full": full_run, "LoRA": lora_run}, window=10)`` -> a Figure.
@@ -172,14 +217,22 @@ def plot_loss_curves(curves, *, window: int = 1, difference: bool = False, title
     for label, values in losses.items():
         name = label + (f" (final {curves[label].final_loss:.3f})" if isinstance(curves[label], TrainResult) else "")
         if window == 1:
-            ax.plot(range(1, len(values) + 1), values, label=name, linewidth=1)
-            continue
-        line, = ax.plot(range(1, len(values) + 1), values, linewidth=0.6, alpha=0.4)
-        smoothed = [sum(values[max(0, t - window + 1): t + 1]) / (t + 1 - max(0, t - window + 1))
-                    for t in range(len(values))]
-        ax.plot(range(1, len(values) + 1), smoothed, color=line.get_color(), linewidth=2, label=name)
+            line, = ax.plot(range(1, len(values) + 1), values, label=name, linewidth=1)
+        else:
+            line, = ax.plot(range(1, len(values) + 1), values, linewidth=0.6, alpha=0.4)
+            smoothed = [sum(values[max(0, t - window + 1): t + 1]) / (t + 1 - max(0, t - window + 1))
+                        for t in range(len(values))]
+            ax.plot(range(1, len(values) + 1), smoothed, color=line.get_color(), linewidth=2, label=name)
+        held_out = curves[label].eval_losses if isinstance(curves[label], TrainResult) else ()
+        if held_out:  # the loss after `step` steps is drawn at step (step 0: before training, at 1 on the axis)
+            ax.plot([max(1, step) for step, _ in held_out], [loss for _, loss in held_out], linestyle="--",
+                    marker=".", color=line.get_color(), label=f"{label}, held out (final {held_out[-1][1]:.3f})")
     ax.set(xlabel="step", ylabel="loss on answer tokens", yscale="log", title=title)
-    ax.legend(fontsize="small")
+    if any(isinstance(curve, TrainResult) and curve.eval_losses for curve in curves.values()):
+        fig.set_size_inches(9.0, 3.0)  # twice the curves: the legend goes beside the plot, not over it
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize="small")
     if difference:
         (first_label, first), *others = losses.items()
         right = axes[0, 1]

@@ -163,3 +163,39 @@ def test_loss_curves_smoothed_with_final_loss_and_difference():
         plot_loss_curves({})
     with pytest.raises(ValueError, match="no losses"):
         plot_loss_curves({"empty": []})
+
+
+def test_held_out_loss_is_recorded_without_changing_the_run_and_drawn_dashed():
+    from qlora_lessons.train import answer_loss
+
+    examples, held_out = load_task("train")[:16], load_task("test")[:8]
+    runs = []
+    for eval_examples in (None, held_out):
+        model, tokenizer = load_model(device="cpu")
+        before = answer_loss(model, tokenizer, held_out, batch_size=3)  # batches of unequal size: token-weighted
+        runs.append(finetune(model, tokenizer, examples, steps=6, lr=3e-3, batch_size=8, warmup=1, progress=False,
+                             eval_examples=eval_examples, eval_every=4))
+    assert runs[0].losses == runs[1].losses and runs[0].eval_losses == ()  # evaluation draws no random numbers
+    assert [step for step, _ in runs[1].eval_losses] == [0, 4, 6]
+    assert runs[1].eval_losses[0][1] == pytest.approx(before, rel=1e-5)
+    assert runs[1].eval_losses[-1][1] == pytest.approx(answer_loss(model, tokenizer, held_out), rel=1e-5)
+    batch = collate(encode_examples(tokenizer, held_out), tokenizer.pad_token_id)
+    assert answer_loss(model, tokenizer, held_out) == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+    lines = plot_loss_curves({"run": runs[1]}).axes[0].get_lines()
+    assert [line.get_linestyle() for line in lines] == ["-", "--"] and lines[0].get_color() == lines[1].get_color()
+    with pytest.raises(ValueError, match="eval_every"):
+        finetune(model, tokenizer, examples, steps=1, progress=False, eval_examples=held_out, eval_every=0)
+    with pytest.raises(ValueError, match="empty"):
+        answer_loss(model, tokenizer, [])
+
+
+def test_with_shots_puts_solved_questions_before_each_prompt():
+    from qlora_lessons.data import with_shots
+
+    train, test = load_task("train"), load_task("test")
+    prompted = with_shots(test[:2], train[:2])
+    context = f"{train[0].prompt} {train[0].answer}. {train[1].prompt} {train[1].answer}. "
+    assert prompted == [{"prompt": context + e.prompt, "answer": e.answer} for e in test[:2]]
+    assert with_shots(test[:1], []) == [{"prompt": test[0].prompt, "answer": test[0].answer}]
+    with pytest.raises(TypeError, match="Example"):
+        with_shots([{"prompt": "Q: a? A:", "answer": "b"}], train[:1])
