@@ -5,7 +5,9 @@ prints the estimate of one training step part by part, its peak, which common GP
 the largest batch and the longest sequence that fit ``--gpu-gib``; ``--trace`` also traces the step
 with fake tensors (``trace_training_memory``) and shows estimate against trace; ``--json`` prints one
 JSON object for scripts. MODEL is a preset (``qlora-lessons presets``), a config.json or a model folder,
-or a hub id (read only when online). ``python -m qlora_lessons`` runs the same ``main``.
+or a hub id (read only when online). ``python -m qlora_lessons`` runs the same ``main``. The stack flags
+(``--optimizer-impl``, ``--adapter-dtype``, ``--kbit-casts``, ``--attention``, ``--precision``) are the
+estimator's knobs of the same names; the defaults are the stack lesson 02 traces.
 
 Sizes are in GiB (2**30 bytes), as GPU memory is sold. Left out: the CUDA context (a few hundred MB
 that a GPU holds besides the tensors) and allocator fragmentation; leave some headroom.

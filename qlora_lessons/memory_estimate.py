@@ -28,15 +28,13 @@ from qlora_lessons.memory_layout import (
     targeted,
 )
 from qlora_lessons.memory_models import ModelShape
+from qlora_lessons.memory_stack import check_stack, step_bytes
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw32bit", "sgd")  # adamw32bit: bitsandbytes' 32-bit (and paged) AdamW
-OPTIMIZER_IMPLS = ("for-loop", "foreach", "fused")  # torch AdamW's foreach=False, foreach=True (CUDA default), fused
-ATTENTIONS = ("sdpa", "eager")  # transformers' attn_implementation
-PRECISIONS = ("pure", "autocast")  # every tensor in weight_dtype, or float32 weights under torch.autocast
 
 
 def _positive_int(name: str, value) -> int:
@@ -70,34 +68,12 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
                        ("kbit_casts", kbit_casts)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
-    _check_stack(method, weight_dtype, optimizer, optimizer_impl, adapter_dtype, kbit_casts, attention, precision)
+    check_stack(method, weight_dtype, optimizer, optimizer_impl, adapter_dtype, kbit_casts, attention, precision)
     return dict(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                 lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                 gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
                 optimizer_impl=optimizer_impl, adapter_dtype=adapter_dtype, kbit_casts=kbit_casts,
                 attention=attention, precision=precision)
-
-
-def _check_stack(method, weight_dtype, optimizer, optimizer_impl, adapter_dtype, kbit_casts, attention,
-                 precision) -> None:
-    """Check the knobs that name the software stack: optimizer implementation, adapter dtype, attention, precision."""
-    if optimizer_impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}")
-    if optimizer_impl != "for-loop" and optimizer != "adamw":
-        raise ValueError(f"optimizer_impl={optimizer_impl!r} is an option of torch's AdamW (optimizer='adamw'); "
-                         f"{optimizer!r} updates in place")
-    if adapter_dtype is not None and (adapter_dtype not in FLOAT_DTYPES or method == "full"):
-        raise ValueError(f"adapter_dtype must be None or a float dtype, and only for method 'lora' or 'qlora'; got "
-                         f"{adapter_dtype!r} with method={method!r}")
-    if kbit_casts and method != "qlora":
-        raise ValueError("kbit_casts (peft's prepare_model_for_kbit_training) is for method='qlora' only")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "autocast" and (method != "full" or weight_dtype == torch.float32):
-        raise ValueError("precision='autocast' is for method='full' with weight_dtype the autocast dtype "
-                         f"(torch.bfloat16 or torch.float16); got method={method!r}, weight_dtype={weight_dtype}")
 
 
 def _nf4_bytes(out: int, inp: int, blocksize: int, double_quant: bool) -> tuple[int, int]:
@@ -120,22 +96,6 @@ def _optimizer_bytes(sizes: list[int], dtype_bytes: int, optimizer: str) -> int:
     if optimizer == "adamw32bit":
         return sum(8 * n for n in sizes)
     return 0
-
-
-def _step_bytes(sizes: list[int], pb: int, optimizer: str, optimizer_impl: str) -> int:
-    """Temporaries of one optimizer step over trained tensors of ``sizes`` values, ``pb`` bytes each.
-
-    torch's AdamW, for-loop (foreach=False): one tensor at a time, sqrt(v) and sqrt(v) / c for it while
-    the previous tensor's denominator is still referenced, max of (previous + 2 current) pb
-    (torch.optim.adam._single_tensor_adam); foreach (foreach=True, the CUDA default): sqrt(v) of every
-    tensor at once, sum(sizes) pb, another copy of the trained parameters (_multi_tensor_adam:
-    ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)``); fused: one kernel, none. bitsandbytes' AdamW and SGD: none.
-    """
-    if optimizer != "adamw" or optimizer_impl == "fused":
-        return 0
-    if optimizer_impl == "foreach":
-        return sum(sizes) * pb
-    return max(before + 2 * n for before, n in zip([0, *sizes[:-1]], sizes, strict=True)) * pb
 
 
 def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> tuple[int, int]:
@@ -264,7 +224,7 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
       because the backward pass frees activations as it makes gradients and the optimizer state stays
       from one step to the next; last (LoRA, QLoRA): the gradients of all layers but the first, made
       while the first layer's backward holds its activations. step: the optimizer's temporaries
-      (``_step_bytes``: torch's AdamW for-loop, foreach or fused; bitsandbytes' AdamW and SGD none).
+      (``memory_stack.step_bytes``: torch's AdamW for-loop, foreach or fused; bitsandbytes' AdamW and SGD none).
     The stack (each a knob, each traced in the tests): ``optimizer_impl`` "for-loop" (the default),
     "foreach" (torch's CUDA default: + one copy of the trained parameters during step()) or "fused";
     ``adapter_dtype`` (None: ``weight_dtype``; peft's default gives float32) and ``kbit_casts`` (QLoRA:
@@ -291,7 +251,7 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
                              f"'llama-13b' as model, not a parameter count")
         state = _optimizer_bytes([model], pb, optimizer)
         # a count says nothing about how the parameters split into tensors: only foreach's whole copy is counted
-        step = _step_bytes([model], pb, optimizer, optimizer_impl) if optimizer_impl == "foreach" else 0
+        step = step_bytes([model], pb, optimizer, optimizer_impl) if optimizer_impl == "foreach" else 0
         return MemoryBreakdown(model * pb, 0, 0, model * pb, state, 0, model * pb + state + model * pb + step)
     config = check_config(model, "model")
     limit = config.positions - 2 * (config.model_type == "opt")  # OPT's table has 2 rows more than positions
@@ -319,7 +279,7 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
         adapters = sum(sizes) * pb
     gradients = sum(sizes) * pb
     state = _optimizer_bytes(sizes, pb, optimizer)
-    step = _step_bytes(sizes, pb, optimizer, optimizer_impl)
+    step = step_bytes(sizes, pb, optimizer, optimizer_impl)
     activations, first_layer = _activation_bytes(config, knobs, b)
     # LoRA, QLoRA: every gradient belongs to a layer; while the first layer's backward runs, the others' are made
     last = 0 if method == "full" else gradients * (layers - 1) // max(layers, 1) + first_layer

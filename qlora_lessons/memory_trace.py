@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from qlora_lessons.memory import MemoryBreakdown, check_config, count_lora_parameters, to_transformers_config
 from qlora_lessons.memory_estimate import check_knobs
+from qlora_lessons.memory_stack import stack_knobs
 from qlora_lessons.memory_step import (
     build_training_model,
     count_model_bytes,
@@ -144,8 +145,6 @@ def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = 
 
 _MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_checkpointing", "double_quant",
                 "blocksize", "adapter_dtype", "kbit_casts", "attention", "precision")
-_STACK_DEFAULTS = dict(optimizer_impl="for-loop", adapter_dtype=None, kbit_casts=False, attention="sdpa",
-                       precision="pure")
 
 
 def _autocast_dtype(knobs: dict) -> torch.dtype | None:
@@ -185,7 +184,7 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
-                        **_stack_knobs(stack))
+                        **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":
@@ -207,16 +206,6 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     # each phase grows linearly; the deeper model's peak may sit in the other phase than the shallow one's
     total = max(small_peaks[phase] + extra * (large_peaks[phase] - small_peaks[phase]) for phase in small_peaks)
     return MemoryBreakdown(**parts, total=total, label="trace")
-
-
-def _stack_knobs(stack: dict) -> dict:
-    """The stack knobs of ``estimate_training_memory`` (optimizer_impl, adapter_dtype, kbit_casts, attention,
-    precision), with their defaults; any other keyword is a TypeError."""
-    unknown = set(stack) - set(_STACK_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(unknown))}; the stack knobs are "
-                        f"{', '.join(_STACK_DEFAULTS)}")
-    return {**_STACK_DEFAULTS, **stack}
 
 
 def _untraceable() -> tuple[type, ...]:
@@ -263,7 +252,7 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
     knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
-                        **_stack_knobs(stack))
+                        **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":

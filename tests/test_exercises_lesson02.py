@@ -18,12 +18,13 @@ def test_each_check_fails_a_wrong_answer(capsys):
     assert not lesson02.check_lora_parameters(lambda config, r, targets: 1 / 0)  # a crash is reported, not raised
     assert not lesson02.check_lora_parameters(12)
     assert not lesson02.check_double_quant_bits(4.5)  # without double quantization
+    assert not lesson02.check_double_quant_bits(4.127)  # typed from the lesson's rounded print, not computed
     assert not lesson02.check_largest_batch(lesson02.solution_largest_batch() + 1)
     assert not lesson02.check_33b_batch(lesson02.solution_33b_batch() + 1)
     assert not lesson02.check_33b_batch(1)  # one sequence fits, but more do
     assert not lesson02.check_bfloat16_step(1e-3)  # a float32 step, not bfloat16's
     assert not lesson02.check_bfloat16_step(2.0 ** -8)  # ties to even: 1 + 2**-8 rounds back to 1
-    assert capsys.readouterr().out.count("✗") == 10
+    assert capsys.readouterr().out.count("✗") == 11
 
 
 def test_the_answers_are_what_the_lesson_says():
