@@ -114,3 +114,15 @@ def test_the_tracer_rejects_an_unknown_knob():
         trace_training_memory(SMALL, optimiser_impl="foreach")
     with pytest.raises(TypeError, match="kbit_casts"):
         estimate_training_memory(SMALL, method="qlora", kbit_casts="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.max_memory_allocated")
+@pytest.mark.parametrize("knob", [dict(optimizer_impl="foreach"), dict(optimizer_impl="fused"),
+                                  dict(attention="eager", seq_len=1024), dict(precision="autocast")])
+def test_each_stack_option_measured_on_a_gpu_agrees_with_its_trace(knob):
+    from qlora_lessons import measure_training_memory
+
+    config = {**SMALL, "num_hidden_layers": 4}
+    measured = measure_training_memory(config, weight_dtype=BF16, **knob)
+    traced = trace_training_memory(config, weight_dtype=BF16, **knob)
+    assert measured.total == pytest.approx(traced.total, rel=0.10)

@@ -57,7 +57,8 @@ def solution_lora_parameters(config, r: int, targets) -> int:
 def check_double_quant_bits(answer: float) -> bool:
     """Bits per parameter of NF4 with double quantization (blocksize 64, second-level blocks of 256)."""
     ok = close_to(answer, solution_double_quant_bits(), abs_tol=1e-6)  # computed, not the rounded 4.127 of the lesson
-    hint = "4 bits of code + an 8-bit absmax per 64 values + a 32-bit absmax per 64 * 256 values (compute it, unrounded)"
+    hint = ("4 bits of code + an 8-bit absmax per 64 values + a 32-bit absmax per 64 * 256 values "
+            "(compute it, unrounded)")
     return report("double_quant_bits", ok, hint)
 
 
