@@ -5,7 +5,9 @@ prints the estimate of one training step part by part, its peak, which common GP
 the largest batch and the longest sequence that fit ``--gpu-gib``; ``--trace`` also traces the step
 with fake tensors (``trace_training_memory``) and shows estimate against trace; ``--json`` prints one
 JSON object for scripts. MODEL is a preset (``qlora-lessons presets``), a config.json or a model folder,
-or a hub id (read only when online). ``python -m qlora_lessons`` runs the same ``main``.
+or a hub id (read only when online). ``python -m qlora_lessons`` runs the same ``main``. The stack flags
+(``--optimizer-impl``, ``--adapter-dtype``, ``--kbit-casts``, ``--attention``, ``--precision``) are the
+estimator's knobs of the same names; the defaults are the stack lesson 02 traces.
 
 Sizes are in GiB (2**30 bytes), as GPU memory is sold. Left out: the CUDA context (a few hundred MB
 that a GPU holds besides the tensors) and allocator fragmentation; leave some headroom.
@@ -60,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
                              "paged_adamw_32bit (bitsandbytes; paged state counted as resident) or sgd")
     memory.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                         help="weights (full, lora) or compute dtype (qlora); default bfloat16")
+    memory.add_argument("--optimizer-impl", choices=("for-loop", "foreach", "fused"), default="for-loop",
+                        help="torch AdamW: for-loop (foreach=False, the default here), foreach (torch's CUDA default: "
+                             "one more copy of the trained parameters during the step) or fused")
+    memory.add_argument("--adapter-dtype", choices=("same", "bfloat16", "float16", "float32"), default="same",
+                        help="LoRA adapters' dtype: same as --dtype (default) or e.g. float32 (peft's default)")
+    memory.add_argument("--kbit-casts", action="store_true",
+                        help="qlora: peft's prepare_model_for_kbit_training (float32 embeddings, lm_head and norms)")
+    memory.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa",
+                        help="attention implementation: sdpa (default; no T x T matrix kept) or eager")
+    memory.add_argument("--precision", choices=("pure", "autocast"), default="pure",
+                        help="pure: every tensor in --dtype (default); autocast: full fine-tuning with float32 "
+                             "weights under torch.autocast in --dtype")
     memory.add_argument("--gpu-gib", type=float, default=24.0, metavar="GIB",
                         help="the GPU to fit the largest batch and sequence into (default 24)")
     memory.add_argument("--trace", action="store_true", help="also trace the step with fake tensors (slower)")
@@ -76,7 +90,10 @@ def _settings(args) -> dict:
         t.strip() for t in args.lora_targets.split(",") if t.strip())
     return dict(method=args.method, weight_dtype=getattr(torch, args.dtype),
                 optimizer=OPTIMIZER_CHOICES[args.optimizer], lora_r=args.lora_r, lora_targets=targets,
-                batch_size=args.batch_size, seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing)
+                batch_size=args.batch_size, seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
+                optimizer_impl=args.optimizer_impl, kbit_casts=args.kbit_casts, attention=args.attention,
+                precision=args.precision,
+                adapter_dtype=None if args.adapter_dtype == "same" else getattr(torch, args.adapter_dtype))
 
 
 def _largest(fits, start: int, limit: int) -> int:
@@ -113,6 +130,7 @@ def memory_report(args) -> dict:
     report = {
         "model": args.model, "model_type": shape.model_type, "parameters": sum(count_parameters(config).values()),
         "settings": {**settings, "weight_dtype": args.dtype, "optimizer": args.optimizer,
+                     "adapter_dtype": args.adapter_dtype,
                      "lora_targets": list(settings["lora_targets"]) if settings["lora_targets"] != "all-linear"
                      else "all-linear"},
         "estimate": _bytes(estimate), "peak_bytes": estimate.total,
@@ -162,6 +180,11 @@ def print_report(report: dict) -> None:
     print(f"{report['model']} ({report['model_type']}, {report['parameters']:,} parameters): {s['method']}"
           f"{lora if s['method'] != 'full' else ''}, {s['weight_dtype']}, {s['optimizer']}, batch {s['batch_size']} x "
           f"{s['seq_len']} tokens{', gradient checkpointing' if s['gradient_checkpointing'] else ''}")
+    stack = [f"AdamW {s['optimizer_impl']}" if s["optimizer"] == "adamw" else "", f"{s['attention']} attention",
+             f"{s['adapter_dtype']} adapters" if s["method"] != "full" and s["adapter_dtype"] != "same" else "",
+             "prepare_model_for_kbit_training casts" if s["kbit_casts"] else "",
+             "torch.autocast" if s["precision"] == "autocast" else ""]
+    print("stack: " + ", ".join(x for x in stack if x))
     header = f"{'':13s}{'estimate':>12s}" + (f"{'trace':>13s}{'est/trace':>11s}" if t else "")
     print(header)
     for name, label in _LABELS.items():

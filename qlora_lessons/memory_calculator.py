@@ -26,14 +26,29 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=GPU_BUDGETS_GB, ax=None,
-                          title: str | None = None):
+                          title: str | None = None, zoom: tuple[str, ...] | None = None):
     """One stacked bar per breakdown (GB), a black tick at its peak (``total``), dashed lines at GPU sizes.
 
     The bar is every part held at once; the tick is lower when activations and gradients do not
-    coexist (the backward pass frees one as it makes the other). The dashed lines are the
-    ``budgets_gb`` below the tallest bar and the first one above it. Returns the matplotlib Axes.
-    Example: ``plot_memory_breakdown({"full": estimate_training_memory("llama-13b")})``.
+    coexist (the backward pass frees one as it makes the other). The dashed lines are the cards of
+    ``budgets_gb`` (sizes as sold, which are GiB: a "24 GB" card holds 24 * 2**30 bytes, drawn at
+    25.8 GB) below the tallest bar and the first one above it, labelled right of the bars.
+    ``zoom``: names of breakdowns to draw again in a second panel on their own scale (small bars that
+    a large one squashes); then a new figure with two Axes is made and the first is returned.
+    Returns the matplotlib Axes. Example: ``plot_memory_breakdown({"full": estimate_training_memory("llama-13b")})``.
     """
+    if zoom is not None:
+        if ax is not None or not set(zoom) <= set(breakdowns or {}) or not zoom:
+            raise ValueError(f"zoom must name some of the breakdowns ({list(breakdowns or {})}) and comes without ax; "
+                             f"got {zoom!r}")
+        figure, (ax, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [len(breakdowns),
+                                                                                               len(zoom)]})
+        plot_memory_breakdown({name: breakdowns[name] for name in zoom}, budgets_gb=budgets_gb, ax=right,
+                              title="zoomed")
+        plot_memory_breakdown(breakdowns, budgets_gb=budgets_gb, ax=ax, title=title)
+        ax.get_legend().remove()  # one legend, right of the zoomed panel
+        figure.tight_layout()
+        return ax
     if not isinstance(breakdowns, dict) or not breakdowns:
         raise ValueError(f"breakdowns must be a non-empty dict of name -> MemoryBreakdown, got {breakdowns!r}")
     for name, value in breakdowns.items():
@@ -54,15 +69,16 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
                 label="peak" if index == 0 else None)
         ax.annotate(f"{peak:.1f}", (index, peak), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
     top = max(sum(getattr(b, part) for part in _ORDER) for b in breakdowns.values()) / 1e9
-    above = [budget for budget in sorted(budgets_gb) if budget > top][:1]  # the smallest GPU that holds every bar
-    for budget in [budget for budget in sorted(budgets_gb) if budget <= top] + above:
-        ax.axhline(budget, color="gray", linestyle="--", linewidth=0.8)
-        ax.text(len(names) - 0.55, budget, f"{budget} GB GPU", va="bottom", ha="right", fontsize=7, color="dimgray",
-                zorder=5, bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 0.5})
+    gb = {budget: budget * 2**30 / 1e9 for budget in sorted(budgets_gb)}  # a card of "N GB" holds N GiB
+    above = [budget for budget in gb if gb[budget] > top][:1]  # the smallest GPU that holds every bar
+    for budget in [budget for budget in gb if gb[budget] <= top] + above:
+        ax.axhline(gb[budget], color="gray", linestyle="--", linewidth=0.8)
+        ax.text(len(names) - 0.45, gb[budget], f"{budget} GiB card", va="center", ha="left", fontsize=7,
+                color="dimgray", zorder=5)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("GB (1e9 bytes)")
     ax.set_title(title or "memory of one training step")
-    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_xlim(-0.5, len(names) + 0.35)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 

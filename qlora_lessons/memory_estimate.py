@@ -28,6 +28,7 @@ from qlora_lessons.memory_layout import (
     targeted,
 )
 from qlora_lessons.memory_models import ModelShape
+from qlora_lessons.memory_stack import check_stack, step_bytes
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -43,7 +44,8 @@ def _positive_int(name: str, value) -> int:
 
 
 def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_size, seq_len,
-                gradient_checkpointing, double_quant, blocksize) -> dict:
+                gradient_checkpointing, double_quant, blocksize, optimizer_impl="for-loop", adapter_dtype=None,
+                kbit_casts=False, attention="sdpa", precision="pure") -> dict:
     """Check the settings shared by estimate, trace and measure; return them as a dict."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -62,12 +64,16 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
     _positive_int("seq_len", seq_len)
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
         raise ValueError(f"blocksize must be a power of two from 32 to 4096 (bitsandbytes), got {blocksize!r}")
-    for name, flag in (("gradient_checkpointing", gradient_checkpointing), ("double_quant", double_quant)):
+    for name, flag in (("gradient_checkpointing", gradient_checkpointing), ("double_quant", double_quant),
+                       ("kbit_casts", kbit_casts)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
+    check_stack(method, weight_dtype, optimizer, optimizer_impl, adapter_dtype, kbit_casts, attention, precision)
     return dict(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                 lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
-                gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
+                gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
+                optimizer_impl=optimizer_impl, adapter_dtype=adapter_dtype, kbit_casts=kbit_casts,
+                attention=attention, precision=precision)
 
 
 def _nf4_bytes(out: int, inp: int, blocksize: int, double_quant: bool) -> tuple[int, int]:
@@ -92,8 +98,10 @@ def _optimizer_bytes(sizes: list[int], dtype_bytes: int, optimizer: str) -> int:
     return 0
 
 
-def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
-    """The most bytes of activations a step holds at once: tensors saved for backward and backward's own.
+def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> tuple[int, int]:
+    """The most bytes of activations a step holds at once: tensors saved for backward and backward's own;
+    and what the backward of the first decoder layer holds, the last layer it reaches (LoRA's peak can
+    fall there, with the gradients of every other layer made).
 
     The terms are the tensors autograd saves in transformers' models with SDPA attention, read off
     traces (T = batch * seq tokens, h hidden, i MLP width, q = H head_dim and kv = KV head_dim the
@@ -122,6 +130,10 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     recomputed layer sits with two (T, i) gradients of the MLP's backward, or, for QLoRA, with the
     largest weight dequantized to the compute dtype, its output and absmax.
     """
+    # the stack: a float32 stream (prepare_model_for_kbit_training's float32 embeddings and norms make every
+    # residual float32, and Linear4bit returns its input's dtype); adapters in their own dtype (peft casts x to it)
+    compute, b = b, 4 if knobs["kbit_casts"] else b
+    ab = int(bytes_per_param(knobs["adapter_dtype"])) if knobs["adapter_dtype"] is not None else compute
     T, L = knobs["batch_size"] * knobs["seq_len"], config.num_hidden_layers
     h, i, V, H = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_attention_heads
     q, kv, kind = H * config.head_dim, config.num_key_value_heads * config.head_dim, config.model_type
@@ -136,6 +148,11 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
     attention += (kind == "phi3") * T * (q + kv) * b  # the fused qkv output, kept whole by v (a view of it)
     if kind == "gemma2":  # eager attention: tanh-capped scores, float32 softmax and its copy, (B, H, S, S) each,
         attention += T * knobs["seq_len"] * H * (2 * b + 4 + b // 2)  # and half a copy more, read off traces
+    eager = knobs["attention"] == "eager" and kind != "gemma2"
+    if eager:  # T x T probabilities: the float32 softmax output and its copy in the compute dtype, (B, H, S, S)
+        # each; no log-sum-exp; k and v repeated to H heads (a copy, GQA); the output is kept only as o_proj's input
+        attention += T * knobs["seq_len"] * H * (4 + (b if b != 4 else 0)) - T * H * 4 + 2 * T * (q - kv) * b
+        attention -= T * q * b * ("o" not in roles)
     if per_head:  # q_norm and k_norm: float32 inputs and 1 / rms; trained, also their outputs
         attention += 4 * T * (q + kv) + 4 * T * (H + config.num_key_value_heads)
         attention += full * T * (q + kv) * (4 if gemma else b)
@@ -146,13 +163,20 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
         mlp += T * config.experts * 4 + rows * h * (b + 4) + full * rows * (h + i) * b
     inputs = T * h * b * (bool(roles & {"qkv"}) + bool(roles & {"up", "router"}))
     inputs += rows * i * b * ("down" in roles and kind != "opt")  # OPT's ReLU keeps fc2's input already
+    if not full and ab != b:  # each adapter keeps its own cast copy of its input (its A needs it)
+        inputs = sum((rows if x.role in ("up", "down") else T) * x.inp * ab for x in trained)
     if full:  # the norm weights train: RMSNorm keeps its normalised output (LayerNorm recomputes it)
         extra = 0 if layernorm else wide * T * h * 4 if gemma else 2 * T * h * b
     else:
-        extra = len(trained) * T * knobs["lora_r"] * b
+        extra = len(trained) * T * knobs["lora_r"] * ab
     layer = attention + wide * norm + mlp + inputs + extra
     checkpointing = knobs["gradient_checkpointing"]
-    kept = L * (T * h * b if checkpointing else layer) + norm + (2 * T * h * b if full else 0)
+    autocast = knobs["precision"] == "autocast"
+    if autocast:  # float32 residual stream: the norms' float32 outputs are kept, and each linear layer keeps its
+        # own 16-bit copy of its float32 input (autocast casts per call)
+        layer += wide * T * h * (4 - b) + T * h * b * (sum(x.role == "qkv" for x in linears) - 1
+                                                       + sum(x.role == "up" for x in linears) - 1)
+    kept = L * (T * h * (4 if autocast else b) if checkpointing else layer) + norm + (2 * T * h * b if full else 0)
     if not full and not checkpointing:
         kept -= norm
     work = 2 * rows * i * b + gemma * 4 * T * h * 4  # Gemma: float32 gradients through its float32 norms
@@ -161,20 +185,27 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> int:
         work += (kind == "phi3") * T * (2 * i + q + kv) * b + (kind == "opt") * T * (i + 2 * h) * b
     # Gemma 2's eager attention: its backward holds the scores' gradient (B, H, S, S), twice with checkpointing
     scores = (kind == "gemma2") * T * knobs["seq_len"] * H * b * (2 if checkpointing else 1)
+    if eager:  # the probabilities' gradient and its float32 copy, once the MLP and its norm have freed theirs
+        scores = max(0, T * knobs["seq_len"] * H * (b + 4) - mlp - norm - work)
     if knobs["method"] == "qlora":
         n = max(x.out * x.inp for x in linears)
-        work = max(work, n * b + T * i * b + 4 * math.ceil(n / knobs["blocksize"]) * knobs["double_quant"])
+        work = max(work, n * compute + T * i * b + 4 * math.ceil(n / knobs["blocksize"]) * knobs["double_quant"])
     # Gemma 2: logits = cap tanh(logits / cap), cap 30 unless its config.json says otherwise (Gemma2Config)
     capped = bool(config.get("final_logit_softcapping", 30.0 if kind == "gemma2" else None))
     loss = 3 * T * V * 4 + capped * T * V * b
-    return kept + max(loss, (layer if checkpointing else 0) + work + scores)
+    # autocast's cache: a 16-bit copy of every weight a linear layer (and lm_head) used, kept until backward
+    casts = autocast * b * (L * sum(x.out * x.inp for x in linears) + h * V)
+    first = layer + work + scores + (T * h * b if checkpointing else 0)
+    return casts + kept + max(loss, (layer if checkpointing else 0) + work + scores), first
 
 
 def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, method: str = "full",
                              weight_dtype: torch.dtype = torch.float32, optimizer: str = "adamw", lora_r: int = 8,
                              lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                              seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
-                             blocksize: int = 64) -> MemoryBreakdown:
+                             blocksize: int = 64, optimizer_impl: str = "for-loop",
+                             adapter_dtype: torch.dtype | None = None, kbit_casts: bool = False,
+                             attention: str = "sdpa", precision: str = "pure") -> MemoryBreakdown:
     """Predict the memory of one training step, part by part, and its peak (``total``).
 
     ``model``: a parameter count (then activations are 0: a count says nothing about shapes; only
@@ -189,26 +220,39 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
       weights = N b (QLoRA: 0.5 byte per linear weight plus the rest in b); quant_constants as
       ``NF4Linear`` holds them; adapters = P b (LoRA, QLoRA); gradients = P b; optimizer: AdamW 2 P b,
       8-bit AdamW about 2 P, 32-bit AdamW 8 P, SGD 0; activations: see ``_activation_bytes``.
-      total = weights + quant_constants + adapters + optimizer + max(activations, gradients + step),
+      total = weights + quant_constants + adapters + optimizer + max(activations, gradients + step, last),
       because the backward pass frees activations as it makes gradients and the optimizer state stays
-      from one step to the next. step: torch's AdamW (foreach=False) updates one tensor at a time
-      and holds sqrt(v) and sqrt(v) / c for it while the previous tensor's denominator is still
-      referenced, max over consecutive trained tensors of (previous + 2 current) b
-      (torch.optim.adam._single_tensor_adam); bitsandbytes' AdamW and SGD update in place, step = 0.
+      from one step to the next; last (LoRA, QLoRA): the gradients of all layers but the first, made
+      while the first layer's backward holds its activations. step: the optimizer's temporaries
+      (``memory_stack.step_bytes``: torch's AdamW for-loop, foreach or fused; bitsandbytes' AdamW and SGD none).
+    The stack (each a knob, each traced in the tests): ``optimizer_impl`` "for-loop" (the default),
+    "foreach" (torch's CUDA default: + one copy of the trained parameters during step()) or "fused";
+    ``adapter_dtype`` (None: ``weight_dtype``; peft's default gives float32) and ``kbit_casts`` (QLoRA:
+    ``prepare_model_for_kbit_training``'s float32 embeddings, lm_head and norms, which make the residual
+    stream float32); ``attention`` "sdpa" (no T x T matrix kept) or "eager" (the float32 softmax output and
+    its copy in the compute dtype, B H S S each, per layer); ``precision`` "pure" (every tensor in
+    ``weight_dtype``) or "autocast" (full fine-tuning under torch.autocast in ``weight_dtype``: float32
+    weights, gradients and moments, plus autocast's 16-bit copy of every linear weight, kept until backward).
     Shapes: scalars only.
     Example: ``estimate_training_memory(13_000_000_000).total -> 208e9`` (52 + 52 + 104 GB).
     """
     knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
-                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
+                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
+                        optimizer_impl=optimizer_impl, adapter_dtype=adapter_dtype, kbit_casts=kbit_casts,
+                        attention=attention, precision=precision)
     b = int(bytes_per_param(weight_dtype))
+    # bytes of a trained number: float32 under autocast, the adapter dtype for LoRA and QLoRA
+    pb = 4 if precision == "autocast" else int(bytes_per_param(adapter_dtype or weight_dtype))
     if isinstance(model, int) and not isinstance(model, bool):
         _positive_int("model", model)
         if method != "full":
             raise ValueError(f"method={method!r} needs the model's shapes: pass a config or a name such as "
                              f"'llama-13b' as model, not a parameter count")
-        return MemoryBreakdown(model * b, 0, 0, model * b, _optimizer_bytes([model], b, optimizer), 0,
-                               model * b + _optimizer_bytes([model], b, optimizer) + model * b)
+        state = _optimizer_bytes([model], pb, optimizer)
+        # a count says nothing about how the parameters split into tensors: only foreach's whole copy is counted
+        step = step_bytes([model], pb, optimizer, optimizer_impl) if optimizer_impl == "foreach" else 0
+        return MemoryBreakdown(model * pb, 0, 0, model * pb, state, 0, model * pb + state + model * pb + step)
     config = check_config(model, "model")
     limit = config.positions - 2 * (config.model_type == "opt")  # OPT's table has 2 rows more than positions
     if config.positions and seq_len > limit:
@@ -223,20 +267,21 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
     per_layer += [2 * config.experts * i * h, config.experts * h * i] if is_sparse(config) else []
     per_layer += [h] * (counts["norms"] // h // max(layers, 1))
     sizes = [embedding] + per_layer * layers + [h] + ([] if config.tie_word_embeddings else [embedding])
-    weights, constants, adapters = sum(counts.values()) * b, 0, 0
-    if method == "qlora":
+    weights, constants, adapters = sum(counts.values()) * (4 if precision == "autocast" else b), 0, 0
+    if method == "qlora":  # prepare_model_for_kbit_training casts every parameter that is not 4-bit to float32
         packed = [_nf4_bytes(x.out, x.inp, blocksize, double_quant) for x in linears if x.role != "router"]
-        weights = (sum(counts.values()) - counts["linear"]) * b
+        weights = (sum(counts.values()) - counts["linear"]) * (4 if kbit_casts else b)
         weights += layers * sum(p for p, _ in packed)
         constants = layers * sum(c for _, c in packed)
     if method != "full":
         count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against every targeted matrix
         sizes = [lora_r * n for x in targeted(config, lora_targets) for n in (x.inp, x.out)] * layers
-        adapters = sum(sizes) * b
-    gradients = sum(sizes) * b
-    state = _optimizer_bytes(sizes, b, optimizer)
-    step = max(before + 2 * n for before, n in zip([0, *sizes[:-1]], sizes, strict=True)) * b
-    step = step if optimizer == "adamw" else 0  # AdamW's temporaries; the others update in place
-    activations = _activation_bytes(config, knobs, b)
-    total = weights + constants + adapters + state + max(activations, gradients + step)
+        adapters = sum(sizes) * pb
+    gradients = sum(sizes) * pb
+    state = _optimizer_bytes(sizes, pb, optimizer)
+    step = step_bytes(sizes, pb, optimizer, optimizer_impl)
+    activations, first_layer = _activation_bytes(config, knobs, b)
+    # LoRA, QLoRA: every gradient belongs to a layer; while the first layer's backward runs, the others' are made
+    last = 0 if method == "full" else gradients * (layers - 1) // max(layers, 1) + first_layer
+    total = weights + constants + adapters + state + max(activations, gradients + step, last)
     return MemoryBreakdown(weights, constants, adapters, gradients, state, activations, total)

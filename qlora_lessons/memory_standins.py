@@ -103,7 +103,8 @@ class NF4Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, blocksize: int = 64, double_quant: bool = True,
-                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None,
+                 compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -112,6 +113,7 @@ class NF4Linear(nn.Module):
             raise ValueError(f"blocksize must be a power of two from 32 to 4096 (bitsandbytes), got {blocksize!r}")
         self.in_features, self.out_features, self.blocksize = in_features, out_features, blocksize
         self.double_quant = bool(double_quant)
+        self.compute_dtype = compute_dtype  # bnb_4bit_compute_dtype: an input of another dtype is cast to it and back
         n = in_features * out_features
         blocks = math.ceil(n / blocksize)
         self.weight = nn.Parameter(torch.zeros(((n + 1) // 2, 1), dtype=torch.uint8, device=device),
@@ -157,6 +159,8 @@ class NF4Linear(nn.Module):
                                                       self.in_features, self.blocksize, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.compute_dtype is not None and x.dtype != self.compute_dtype:  # as Linear4bit: compute, cast back
+            return self.forward(x.to(self.compute_dtype)).to(x.dtype)
         y = _NF4Matmul.apply(x, self)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

@@ -11,7 +11,8 @@ never stores the (T, T) attention matrix; "eager", which does, for families with
 no KV cache; non-reentrant gradient checkpointing; torch's AdamW with ``foreach=False`` (its CUDA
 default, ``foreach=True``, holds another copy of the trained parameters during the step); LoRA
 adapters in the weight dtype (peft's ``autocast_adapter_dtype=False``, as the QLoRA reference code
-casts them to bf16).
+casts them to bf16); no autocast. Each of these is a knob: ``optimizer_impl``, ``attention``,
+``adapter_dtype`` and ``kbit_casts`` (peft's defaults), ``precision="autocast"``.
 
 Left out: dropout (every dropout probability of the config is set to 0; LoRA dropout 0), padding and
 attention masks, gradient accumulation.
@@ -39,7 +40,8 @@ QUANT_BUFFERS = ("code", "absmax", "absmax2", "absmax_code", "offset")
 
 def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype: torch.dtype, lora_r: int,
                          lora_targets, gradient_checkpointing: bool, double_quant: bool, blocksize: int,
-                         device: torch.device | str) -> nn.Module:
+                         device: torch.device | str, adapter_dtype: torch.dtype | None = None,
+                         kbit_casts: bool = False, attention: str = "sdpa", precision: str = "pure") -> nn.Module:
     """The model that a training step of ``method`` trains, with random values, on ``device`` ("meta" for tracing).
 
     full: every parameter of the model (``AutoModelForCausalLM``) in ``weight_dtype`` is trained. lora:
@@ -47,6 +49,11 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
     every linear layer (or GPT-2 Conv1D) of the decoder layers is replaced by an ``NF4Linear`` (lm_head,
     embeddings and MoE experts, which are 3-D tensors, stay in ``weight_dtype``). Gradient checkpointing
     is transformers' own (non-reentrant), which also makes the embedding output require a gradient.
+    ``adapter_dtype``: the LoRA adapters' dtype (None: ``weight_dtype``; torch.float32 is what peft's default
+    ``autocast_adapter_dtype=True`` gives). ``kbit_casts``: what ``peft.prepare_model_for_kbit_training``
+    does to a 4-bit model, every parameter that is not 4-bit (embeddings, lm_head, norms, biases) cast
+    to float32. ``attention``: transformers' "sdpa" or "eager". ``precision="autocast"``: the weights
+    in float32, ``weight_dtype`` being the dtype torch.autocast computes in (see ``run_training_steps``).
     Example: ``build_training_model(model_config("llama-7b"), method="lora", ..., device="meta")``.
     """
     from transformers import AutoModelForCausalLM
@@ -55,7 +62,7 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
 
     config = copy.deepcopy(to_transformers_config(config))
     config.use_cache = False
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention
     for key, value in config.to_dict().items():  # attention_dropout, resid_pdrop, dropout, ...: no dropout
         if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
             setattr(config, key, 0.0)
@@ -63,7 +70,8 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
     if not getattr(model_class, "_supports_sdpa", False):  # Gemma 2: soft-capped attention scores, eager only
         config._attn_implementation = "eager"
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype)
+        dtype = torch.float32 if precision == "autocast" else weight_dtype  # autocast: float32 weights
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
@@ -90,7 +98,12 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
                     out, inp = weight.shape[::-1] if type(child).__name__ == "Conv1D" else weight.shape
                     bias = None if getattr(child, "bias", None) is None else child.bias.dtype
                     setattr(module, child_name, NF4Linear(inp, out, blocksize=blocksize, double_quant=double_quant,
-                                                          device=device, bias_dtype=bias))
+                                                          device=device, bias_dtype=bias, compute_dtype=weight_dtype))
+    for name, parameter in model.named_parameters():
+        if "lora_" in name and adapter_dtype is not None:
+            parameter.data = parameter.data.to(adapter_dtype)
+        elif "lora_" not in name and kbit_casts and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.to(torch.float32)
     return model
 
 
@@ -126,9 +139,11 @@ def materialize_fake(model: nn.Module) -> None:
             (module._parameters if name in module._parameters else module._buffers)[name] = made[id(tensor)]
 
 
-def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.optim.Optimizer:
-    """The optimizer over the trained parameters: torch's AdamW (foreach=False) or SGD, or 8- or 32-bit
-    AdamW (bitsandbytes' on real tensors, its stand-in ``AdamW8bitState`` when ``traced``)."""
+def make_optimizer(model: nn.Module, optimizer: str, traced: bool, optimizer_impl: str = "for-loop"
+                   ) -> torch.optim.Optimizer:
+    """The optimizer over the trained parameters: torch's AdamW (``optimizer_impl`` "for-loop", "foreach"
+    or "fused") or SGD, or 8- or 32-bit AdamW (bitsandbytes' on real tensors, its stand-in
+    ``AdamW8bitState`` when ``traced``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=1e-4, foreach=False)
@@ -139,17 +154,23 @@ def make_optimizer(model: nn.Module, optimizer: str, traced: bool) -> torch.opti
         with _quiet_bitsandbytes():
             import bitsandbytes as bnb
         return (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(trainable, lr=1e-4)
-    return torch.optim.AdamW(trainable, lr=1e-4, foreach=False)
+    if optimizer_impl == "fused":
+        return torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+    return torch.optim.AdamW(trainable, lr=1e-4, foreach=optimizer_impl == "foreach")
 
 
 def run_training_steps(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
-                       between=None, before_step=None) -> None:
+                       between=None, before_step=None, autocast_dtype: torch.dtype | None = None) -> None:
     """Two steps of forward, backward, optimizer step; ``between()`` runs after the first step.
 
     The first step creates the optimizer state, the second shows what every later step holds.
+    ``autocast_dtype``: the forward pass and the loss run under ``torch.autocast`` in that dtype (the
+    backward outside it, as torch's AMP recipe does); None: no autocast.
     """
     for step in range(2):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        with torch.autocast(input_ids.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
         del loss
         if before_step is not None:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from qlora_lessons.memory import MemoryBreakdown, check_config, count_lora_parameters, to_transformers_config
 from qlora_lessons.memory_estimate import check_knobs
+from qlora_lessons.memory_stack import stack_knobs
 from qlora_lessons.memory_step import (
     build_training_model,
     count_model_bytes,
@@ -129,12 +130,13 @@ def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = 
         for module in decoder_layers(model):
             module.register_forward_hook(count_forward_and_backward)
         model.train()
-        optimizer = make_optimizer(model, knobs["optimizer"], traced=True)
+        optimizer = make_optimizer(model, knobs["optimizer"], traced=True, optimizer_impl=knobs["optimizer_impl"])
         input_ids = torch.randint(0, config.vocab_size, (knobs["batch_size"], knobs["seq_len"]))
         tracker = _peak_tracker_class()()
         tracker.track_model(model, optimizer, input_ids)
         with tracker, one_sequence():
-            run_training_steps(model, optimizer, input_ids, between=tracker.reset_mod_stats)
+            run_training_steps(model, optimizer, input_ids, between=tracker.reset_mod_stats,
+                               autocast_dtype=_autocast_dtype(knobs))
         state = _state_bytes(optimizer)
     breakdown = MemoryBreakdown(**count_model_bytes(model), gradients=tracker.largest_gradients, optimizer=state,
                                 activations=max(tracker.moving), total=max(tracker.peaks.values()), label="trace")
@@ -142,7 +144,11 @@ def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = 
 
 
 _MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_checkpointing", "double_quant",
-                "blocksize")
+                "blocksize", "adapter_dtype", "kbit_casts", "attention", "precision")
+
+
+def _autocast_dtype(knobs: dict) -> torch.dtype | None:
+    return knobs["weight_dtype"] if knobs["precision"] == "autocast" else None
 
 
 def _with_layers(config: PretrainedConfig, layers: int) -> PretrainedConfig:
@@ -159,7 +165,7 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
                           lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                           seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
                           blocksize: int = 64, traced_layers: int | None = None,
-                          progress: bool | None = None) -> MemoryBreakdown:
+                          progress: bool | None = None, **stack) -> MemoryBreakdown:
     """Trace training steps of the real architecture with fake tensors and count every byte; ``total`` is the peak.
 
     The knobs are those of ``estimate_training_memory``. The parts are what the step held:
@@ -177,7 +183,8 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     """
     knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
-                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
+                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
+                        **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":
@@ -230,7 +237,7 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
                             optimizer: str = "adamw", lora_r: int = 8,
                             lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                             seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
-                            blocksize: int = 64) -> MemoryBreakdown:
+                            blocksize: int = 64, **stack) -> MemoryBreakdown:
     """Run the traced steps for real on a CUDA GPU (random weights) and measure them; ``total`` is the peak.
 
     Equation: total = torch.cuda.max_memory_allocated() over the two steps, after
@@ -244,7 +251,8 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
     """
     knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
                         lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
-                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize)
+                        gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
+                        **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":
@@ -255,7 +263,7 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
     torch.cuda.empty_cache()
     model = build_training_model(config, **{k: knobs[k] for k in _MODEL_KNOBS}, device="cuda")
     model.train()
-    opt = make_optimizer(model, optimizer, traced=False)
+    opt = make_optimizer(model, optimizer, traced=False, optimizer_impl=knobs["optimizer_impl"])
     input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), device="cuda")
     seen = {"peak": 0, "start": 0, "passes": 0, "gradients": 0}
 
@@ -271,7 +279,8 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
 
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    run_training_steps(model, opt, input_ids, between=second_step_begins, before_step=before_optimizer_step)
+    run_training_steps(model, opt, input_ids, between=second_step_begins, before_step=before_optimizer_step,
+                       autocast_dtype=_autocast_dtype(knobs))
     torch.cuda.synchronize()
     total = max(seen["peak"], torch.cuda.max_memory_allocated())
     return MemoryBreakdown(**count_model_bytes(model), gradients=seen["gradients"], optimizer=_state_bytes(opt),

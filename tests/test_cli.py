@@ -93,3 +93,50 @@ def test_module_command_runs_the_memory_subcommand():
                   "--gradient-checkpointing")
     assert result.returncode == 0, result.stderr
     assert "8,030,261,248 parameters" in result.stdout and "largest batch" in result.stdout
+
+
+@pytest.mark.parametrize("flags, knobs", [
+    (["--method", "full", "--dtype", "float32", "--optimizer-impl", "foreach"],
+     dict(method="full", optimizer_impl="foreach")),
+    (["--method", "full", "--optimizer-impl", "fused"], dict(method="full", optimizer_impl="fused")),
+    (["--method", "qlora", "--adapter-dtype", "float32", "--kbit-casts", "--optimizer", "paged_adamw_32bit"],
+     dict(method="qlora", adapter_dtype="float32", kbit_casts=True, optimizer="adamw32bit")),
+    (["--method", "lora", "--attention", "eager", "--seq-len", "2048"], dict(method="lora", attention="eager",
+                                                                            seq_len=2048)),
+    (["--method", "full", "--precision", "autocast"], dict(method="full", precision="autocast")),
+])
+def test_stack_flags_reach_the_estimator(flags, knobs, capsys):
+    import torch
+
+    from qlora_lessons import estimate_training_memory
+
+    cli.main(["memory", "llama-7b", *flags, "--lora-r", "16", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    knobs = {"weight_dtype": torch.float32 if "float32" in flags[:4] and "--dtype" in flags else torch.bfloat16,
+             "lora_r": 16, "lora_targets": "all-linear", **knobs}
+    if "adapter_dtype" in knobs:
+        knobs["adapter_dtype"] = getattr(torch, knobs["adapter_dtype"])
+    assert report["peak_bytes"] == estimate_training_memory("llama-7b", **knobs).total
+    default = json.loads((cli.main(["memory", "llama-7b", "--method", knobs["method"], "--lora-r", "16", "--json"]),
+                          capsys.readouterr().out)[1])
+    assert report["peak_bytes"] != default["peak_bytes"]  # each flag moves the number
+
+
+def test_stack_flags_are_traced_too(capsys):
+    cli.main(["memory", "qwen2.5-0.5b", "--method", "full", "--attention", "eager", "--optimizer-impl", "foreach",
+              "--seq-len", "256", "--trace", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["peak_bytes"] == pytest.approx(report["trace"]["peak_bytes"], rel=0.02)
+    assert report["settings"]["attention"] == "eager" and report["settings"]["optimizer_impl"] == "foreach"
+
+
+def test_the_table_names_the_stack(capsys):
+    cli.main(["memory", "llama-7b", "--method", "qlora", "--adapter-dtype", "float32", "--kbit-casts"])
+    assert "stack: AdamW for-loop, sdpa attention, float32 adapters, prepare_model_for_kbit_training casts" in (
+        capsys.readouterr().out)
+
+
+def test_a_stack_flag_that_does_not_fit_the_method_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["memory", "llama-7b", "--method", "lora", "--kbit-casts"])
+    assert exit_.value.code == 2 and "kbit_casts" in capsys.readouterr().err

@@ -26,8 +26,20 @@ def test_one_stacked_bar_per_setting_with_its_peak():
         assert height == pytest.approx(sum(breakdown.parts().values()) / 1e9)
     peaks = [line.get_ydata()[0] for line in ax.lines if line.get_color() == "black"]
     assert peaks == pytest.approx([b.total / 1e9 for b in settings.values()])
-    budgets = {round(line.get_ydata()[0]) for line in ax.lines if line.get_linestyle() == "--"}
-    assert budgets == {16, 24, 48, 80}  # all below the full fine-tune's 210 GB
+    budgets = {round(line.get_ydata()[0] * 1e9 / 2**30) for line in ax.lines if line.get_linestyle() == "--"}
+    assert budgets == {16, 24, 48, 80}  # cards in GiB, all below the full fine-tune's 210 GB
+    plt.close("all")
+
+
+def test_a_zoomed_panel_redraws_the_small_bars_on_their_own_scale():
+    settings = {"full": estimate_training_memory("llama-13b"),
+                "QLoRA": estimate_training_memory("llama-13b", method="qlora", weight_dtype=torch.bfloat16)}
+    ax = plot_memory_breakdown(settings, zoom=("QLoRA",))
+    left, right = ax.figure.axes
+    assert left is ax and len(right.patches) == 6 and right.get_ylim()[1] < 0.5 * left.get_ylim()[1]
+    assert right.get_legend() is not None and left.get_legend() is None
+    with pytest.raises(ValueError, match="zoom"):
+        plot_memory_breakdown(settings, zoom=("LoRA",))
     plt.close("all")
 
 

@@ -32,7 +32,7 @@ def test_a_full_fine_tune_holds_weights_gradients_and_two_adam_moments():
     config = LlamaConfig(**TINY, num_hidden_layers=2)
     with torch.device("meta"):
         model = build_training_model(config, **{k: v for k, v in _knobs().items() if k not in (
-            "optimizer", "batch_size", "seq_len")}, device="meta")
+            "optimizer", "batch_size", "seq_len", "optimizer_impl")}, device="meta")
     weights = _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers())
     tensors = sum(1 for _ in model.parameters())
     trace = trace_training_memory(config, seq_len=64)
@@ -102,7 +102,7 @@ def test_the_measured_step_runs_and_trains_on_real_tensors(method, optimizer):
     knobs = _knobs(method=method, optimizer=optimizer, lora_targets="all-linear", gradient_checkpointing=True)
     torch.manual_seed(0)
     model = build_training_model(config, **{k: v for k, v in knobs.items() if k not in (
-        "optimizer", "batch_size", "seq_len")}, device="cpu")
+        "optimizer", "batch_size", "seq_len", "optimizer_impl")}, device="cpu")
     trained = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(model, optimizer, traced=False)
     run_training_steps(model, optimizer, torch.randint(0, config.vocab_size, (2, 16)))
