@@ -32,6 +32,7 @@ _MODULES = {  # module (under qlora_lessons) -> the public names it defines
     "memory": ("MODEL_NAMES", "MemoryBreakdown", "bytes_per_param", "count_lora_parameters", "count_parameters",
         "model_config"),
     "memory_calculator": ("memory_calculator", "plot_memory_breakdown", "plot_memory_calculator"),
+    "memory_cpu": ("CpuMeasurement", "measure_cpu_training_memory", "resident_bytes", "to_bitsandbytes_4bit"),
     "memory_estimate": ("estimate_training_memory",),
     "memory_standins": ("AdamW8bitState", "NF4Linear"),
     "memory_trace": ("measure_training_memory", "trace_training_memory"),
