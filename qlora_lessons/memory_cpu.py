@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 STEPS_MARK = "qlora_lessons.training_steps"
-_MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_checkpointing", "double_quant",
-                "blocksize")
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,8 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
     """Run two real training steps on the CPU and measure live tensor bytes and resident memory; see the module.
 
     ``knobs`` are those of ``trace_training_memory`` (method, weight_dtype, optimizer, lora_r, lora_targets,
-    batch_size, seq_len, gradient_checkpointing, double_quant, blocksize). ``trace=False`` skips the trace
+    batch_size, seq_len, gradient_checkpointing, double_quant, blocksize, and the stack: optimizer_impl,
+    adapter_dtype, kbit_casts, attention, precision). ``trace=False`` skips the trace
     (``traced`` is then 0). The profiler starts before the model is built, so ``tensor_start`` is every
     byte torch's allocator holds for the model, the optimizer and the batch.
     ``fresh_process``: measure in a new Python process (spawned), so that memory this process freed earlier
@@ -199,11 +198,12 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
     Example: ``measure_cpu_training_memory(config, method="lora", lora_targets="all-linear").tensor_over_trace``
     -> 1.0000 for a 12-layer Llama of hidden size 1024.
     """
-    from qlora_lessons.memory_trace import trace_training_memory
+    from qlora_lessons.memory_trace import _MODEL_KNOBS, _autocast_dtype, trace_training_memory
 
     defaults = dict(method="full", weight_dtype=torch.float32, optimizer="adamw", lora_r=8,
                     lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, gradient_checkpointing=False,
-                    double_quant=True, blocksize=64)
+                    double_quant=True, blocksize=64, optimizer_impl="for-loop", adapter_dtype=None,
+                    kbit_casts=False, attention="sdpa", precision="pure")
     unknown = set(knobs) - set(defaults)
     if unknown:
         raise TypeError(f"unknown knobs {sorted(unknown)}; measure_cpu_training_memory takes {sorted(defaults)}")
@@ -233,14 +233,14 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
         else:
             model = build_training_model(config, **model_knobs, device="cpu")
         model.train()
-        opt = make_optimizer(model, knobs["optimizer"], traced=False)
+        opt = make_optimizer(model, knobs["optimizer"], traced=False, optimizer_impl=knobs["optimizer_impl"])
         input_ids = torch.randint(0, config.vocab_size, (knobs["batch_size"], knobs["seq_len"]))
         resident_start = resident_bytes()
         sampler = _ResidentSampler(sample_every)
         sampler.start()
         began = time.perf_counter()
         with torch.profiler.record_function(STEPS_MARK):
-            run_training_steps(model, opt, input_ids)
+            run_training_steps(model, opt, input_ids, autocast_dtype=_autocast_dtype(knobs))
         seconds = time.perf_counter() - began
         resident_peak = sampler.stop()
     tensor_start, tensor_peak = _tensor_bytes(prof)

@@ -259,7 +259,8 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
         count_lora_parameters(config, lora_r, lora_targets)
     if not torch.cuda.is_available():
         raise RuntimeError("measure_training_memory needs a CUDA GPU (torch.cuda.max_memory_allocated) and torch "
-                           f"{torch.__version__} sees none; use trace_training_memory, which needs no memory")
+                           f"{torch.__version__} sees none; use trace_training_memory, which needs no memory, or "
+                           "memory_cpu.measure_cpu_training_memory, which measures real steps on the CPU")
     torch.cuda.empty_cache()
     model = build_training_model(config, **{k: knobs[k] for k in _MODEL_KNOBS}, device="cuda")
     model.train()
