@@ -21,7 +21,9 @@ Left out: the time the profiler adds (two steps take about 1.5x as long as witho
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -145,6 +147,20 @@ def to_bitsandbytes_4bit(model: nn.Module, *, blocksize: int, double_quant: bool
     return replaced
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Send file descriptor 2 (C++ code's stderr) to /dev/null for the duration; Python's own is flushed first."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tensor_bytes(prof) -> tuple[int, int]:
     """(live bytes when the steps began, most live bytes during them) from the profiler's allocator events."""
     events = prof.profiler.kineto_results.events()
@@ -225,7 +241,10 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
     traced = trace_training_memory(config, **knobs, progress=False).total if trace else 0
     model_knobs = {k: knobs[k] for k in _MODEL_KNOBS}
     resident_before = resident_bytes()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():  # the profiler's C++ side prints a line on start and on stop
+        prof.start()
+    try:
         if knobs["method"] == "qlora":  # the LoRA model, then bitsandbytes' own 4-bit layers under the adapters
             model = build_training_model(config, **{**model_knobs, "method": "lora"}, device="cpu")
             to_bitsandbytes_4bit(model, blocksize=knobs["blocksize"], double_quant=knobs["double_quant"],
@@ -243,6 +262,9 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
             run_training_steps(model, opt, input_ids, autocast_dtype=_autocast_dtype(knobs))
         seconds = time.perf_counter() - began
         resident_peak = sampler.stop()
+    finally:
+        with _quiet_native_stderr():
+            prof.stop()
     tensor_start, tensor_peak = _tensor_bytes(prof)
     return CpuMeasurement(traced=traced, tensor_start=tensor_start, tensor_peak=tensor_peak,
                           resident_before=resident_before, resident_start=resident_start,
