@@ -15,7 +15,8 @@ compute dtype, with the layouts, initialization and forward of ``lora_layer.LoRA
 
 The real stack (bitsandbytes ``Linear4bit`` + peft) computes the same numbers: tests/test_qlora.py.
 Left out: paged optimizers (lesson 07), gradient checkpointing, several adapters per layer, merging
-into the 4-bit weight (a merged weight is no longer 4-bit: merge into a 16-bit copy instead).
+(into a 16-bit copy with ``dequantize_weight``; into the 4-bit weight, which quantizes W4 + dW again and
+rounds most of a small dW away: ``qlora_merge``).
 """
 
 from __future__ import annotations

@@ -41,3 +41,30 @@ def test_a_failing_function_or_a_bool_is_reported_not_raised(capsys):
 def test_solutions_can_be_shown(capsys):
     show_solution(lesson08.solution_qlora_forward)
     assert "dequantize_4bit" in capsys.readouterr().out
+
+
+def test_the_fp4_experiment_grades_the_prediction_against_the_measurement(capsys):
+    assert lesson08.check_fp4_experiment(..., ..., 0.9) is False
+    assert "prediction" in capsys.readouterr().out
+    assert lesson08.check_fp4_experiment(True, ..., 0.9) is False
+    assert "measure" in capsys.readouterr().out
+    assert lesson08.check_fp4_experiment(True, 0.88, 0.9) is True
+    assert lesson08.check_fp4_experiment(False, 0.88, 0.9) is False
+    assert lesson08.check_fp4_experiment(False, 0.70, 0.9) is True
+
+
+def test_the_qlora_score_solution_trains_and_scores():
+    from qlora_lessons.data import load_task
+
+    score = lesson08.solution_qlora_score("fp4", load_task("train")[:8], load_task("test")[:4], steps=1)
+    assert 0.0 <= score <= 1.0
+
+
+def test_check_merge_kept_passes_the_solution_and_fails_a_wrong_answer(grades):
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)) * 0.02
+    w4 = dequantize_4bit(*quantize_4bit(w, double_quant=True))
+    d = torch.randn(64, 2) @ torch.randn(2, 128) * 1e-4
+    solution = lesson08.solution_merge_kept([w4], [d], 32)
+    grades(lambda a: lesson08.check_merge_kept(a, [w4], [d], 32), solution,
+           solution + 0.2 if solution < 0.5 else solution - 0.2)
+    assert lesson08.check_merge_kept(..., [w4], [d], 32) is False

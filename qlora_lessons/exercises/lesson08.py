@@ -1,4 +1,5 @@
-"""Exercises for 08_qlora_end_to_end: adapter sizes, 4-bit bytes, the QLoRA forward, where a merge should go.
+"""Exercises for 08_qlora_end_to_end: adapter sizes, 4-bit bytes, the QLoRA forward, where a merge should go,
+and two experiments: QLoRA on an FP4 base, and what a merge into 4 bits keeps of dW.
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -15,6 +16,7 @@ from qlora_lessons.exercises import close_to, is_number, report
 from qlora_lessons.memory import count_lora_parameters, model_config
 from qlora_lessons.nf4 import dequantize_4bit
 from qlora_lessons.qlora import QLoRALinear
+from qlora_lessons.qlora_merge import merge_retention
 
 
 def check_trainable_7b(answer: int) -> bool:
@@ -93,3 +95,60 @@ def check_merge_target(answer: str) -> bool:
 
 def solution_merge_target() -> str:
     return "dequantized"  # W4 + dW is what was trained; W16 + dW adds the quantization error W16 - W4 back
+
+
+def check_fp4_experiment(prediction: bool, fp4_score: float, nf4_score: float) -> bool:
+    """Predict, then measure: does QLoRA on an FP4 base score within 5 points of the NF4 run (``nf4_score``)?
+
+    ``prediction``: True (within 5 points) or False, written down before the run; ``fp4_score``: the held-out
+    exact match you measured with ``quantization="fp4"`` (a fraction). The check says whether your prediction
+    matched your measurement. The paper (section 4, Figure 3 and Table 2) finds NF4 better than FP4 on
+    LLaMA models; a 2.8M-parameter model on a small task may or may not show it.
+    """
+    if not isinstance(prediction, bool):
+        return report("fp4_experiment", False, "first write your prediction: True (within 5 points) or False")
+    if not (is_number(fp4_score) and 0.0 <= fp4_score <= 1.0) or not (is_number(nf4_score) and 0 <= nf4_score <= 1):
+        return report("fp4_experiment", False, "then measure fp4_score, a fraction from 0 to 1: repeat sections "
+                      "3-6 with quantization='fp4', or run lesson08.solution_qlora_score('fp4', ...)")
+    within = abs(fp4_score - nf4_score) <= 0.05
+    print(f"measured: FP4 {fp4_score:.1%} vs NF4 {nf4_score:.1%} ({'within' if within else 'more than'} 5 points)")
+    return report("fp4_experiment", prediction == within,
+                  "your prediction and your measurement disagree: what does FP4's code waste? (lesson 05)")
+
+
+def solution_qlora_score(quantization: str, train: list, test: list, *, model_id: str = "course-model", r: int = 2,
+                         alpha: float = 4, lr: float = 3e-3, steps: int = 150,
+                         compute_dtype: torch.dtype = torch.float32) -> float:
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from qlora_lessons.evaluate import exact_match
+    from qlora_lessons.models import load_model
+    from qlora_lessons.train import finetune
+
+    model, tokenizer = load_model(model_id, quantization=quantization, double_quant=True,
+                                  compute_dtype=compute_dtype, dtype=torch.float32)  # sections 3-4
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = bnb.optim.PagedAdamW32bit(trainable, lr=lr, weight_decay=0.0)  # section 5
+    finetune(model, tokenizer, train, steps=steps, lr=lr, optimizer=optimizer, desc=quantization)  # section 6
+    return exact_match(model, tokenizer, test)
+
+
+def check_merge_kept(answer: float, weights: list, deltas: list, scale: float = 32) -> bool:
+    """Predict, then measure: what share of dW does a merge into 4 bits keep when dW is ``scale`` times larger?
+
+    ``weights`` and ``deltas`` are lesson 08's W4 and dW; the answer is a fraction (0 to 1), within 0.05 of
+    ``merge_retention(weights, [scale * d for d in deltas]).kept``.
+    """
+    if not is_number(answer):
+        return report("merge_kept", False, "a fraction from 0 to 1: predict it, then measure it with "
+                      f"merge_retention(W4, [{scale:g} * d for d in dW]).kept")
+    ok = close_to(answer, solution_merge_kept(weights, deltas, scale), abs_tol=0.05)
+    return report("merge_kept", ok, f"measure it: merge_retention(W4, [{scale:g} * d for d in dW]).kept")
+
+
+def solution_merge_kept(weights: list, deltas: list, scale: float = 32) -> float:
+    return merge_retention(weights, [scale * d for d in deltas]).kept  # quantize W4 + k dW again, project on dW
