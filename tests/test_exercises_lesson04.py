@@ -41,9 +41,9 @@ def test_the_smallest_rank_comes_from_the_committed_sweep():
     assert all(summarize(select(load_sweeps(), "rank", r=s)).mean < 0.85 for s in (1, 2, 4, 8, 16) if s < r)
 
 
-def test_random_b_raises_the_step0_loss_and_zero_b_does_not(capsys):
-    base, zero_b, random_b = lesson04.solution_random_b_init()
-    assert zero_b == base < random_b
-    assert lesson04.check_random_b_init(base, zero_b, random_b) is True
-    assert lesson04.check_random_b_init(base, random_b, zero_b) is False  # swapped: not what was measured
-    assert lesson04.check_random_b_init("4.6", zero_b, random_b) is False
+def test_random_b_changes_the_step0_model_and_zero_b_does_not(capsys):
+    zero_b, random_b = lesson04.solution_random_b_init()
+    assert zero_b == 0 < 1e-3 < random_b
+    assert lesson04.check_random_b_init(zero_b, random_b) is True
+    assert lesson04.check_random_b_init(random_b, zero_b) is False  # swapped: not what was measured
+    assert lesson04.check_random_b_init("0", random_b) is False
