@@ -6,6 +6,8 @@
   one line per choice of target layers (Wq, Wv only; all linear layers), with the 2% mark.
 - ``lora_calculator(model)``: an ipywidgets calculator over r, alpha and the target layers that shows
   the same line as ``describe_lora_size``.
+- ``plot_rank_curve(points)`` and ``plot_alpha_lr_grid(points)``: the sweeps of real runs (``lora_sweeps``),
+  held-out exact match against r with seed spread and binomial intervals, and over alpha x learning rate.
 
 Everything is counted from the model's layer shapes (``lora.count_lora_params``): the model is never
 changed, so the calculator works for a 7B model as cheaply as for the course model.
@@ -119,3 +121,57 @@ def lora_calculator(model: nn.Module, r: int = 8, alpha: float = 16,
         control.observe(show, names="value")
     show()
     return widgets.VBox([r_slider, alpha_slider, menu, caption])
+
+
+def plot_rank_curve(points: Sequence, title: str = "held-out exact match against the rank") -> Figure:
+    """Mean held-out exact match against r (log axis), with two error bars per rank.
+
+    Thick bars: +- one standard deviation over seeds; thin caps: the Wilson 95% interval of one run on 360
+    questions (``lora_sweeps.summarize``). ``points`` are ``SweepPoint``s of one sweep, several seeds per r.
+    Example: ``plot_rank_curve(select(load_sweeps(), "rank"))`` -> a Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from qlora_lessons.lora_sweeps import summarize
+
+    ranks = sorted({p.r for p in points})
+    if not ranks:
+        raise ValueError("points is empty")
+    stats = [summarize([p for p in points if p.r == r]) for r in ranks]
+    fig, ax = plt.subplots(figsize=(5.5, 3.0), layout="constrained")
+    means = [s.mean for s in stats]
+    binomial = [[m - s.low for m, s in zip(means, stats)], [s.high - m for m, s in zip(means, stats)]]
+    ax.errorbar(ranks, means, yerr=binomial,
+                fmt="none", ecolor="grey", capsize=4, linewidth=0.8, label="95% binomial interval, one run")
+    ax.errorbar(ranks, means, yerr=[s.std for s in stats], fmt="o-", capsize=0, linewidth=2,
+                label=f"mean +- std over {stats[0].seeds} seeds")
+    ax.set(xscale="log", xticks=ranks, xticklabels=[str(r) for r in ranks], xlabel="rank r (all linear layers)",
+           ylabel="held-out exact match", title=title)
+    ax.legend(fontsize="small", loc="lower right")
+    plt.close(fig)
+    return fig
+
+
+def plot_alpha_lr_grid(points: Sequence, title: str = "held-out exact match, r = 4") -> Figure:
+    """A heat map of held-out exact match over alpha (rows) and learning rate (columns), values written in.
+
+    Example: ``plot_alpha_lr_grid(select(load_sweeps(), "alpha_lr"))`` -> a Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    alphas, lrs = sorted({p.alpha for p in points}), sorted({p.lr for p in points})
+    if not alphas:
+        raise ValueError("points is empty")
+    grid = [[next((p.em for p in points if p.alpha == a and p.lr == lr), float("nan")) for lr in lrs] for a in alphas]
+    fig, ax = plt.subplots(figsize=(4.6, 2.8), layout="constrained")
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    for i, row in enumerate(grid):
+        for j, em in enumerate(row):
+            ax.text(j, i, f"{em:.0%}", ha="center", va="center", color="white" if em < 0.6 else "black")
+    r = points[0].r
+    ax.set(xticks=range(len(lrs)), xticklabels=[f"{lr:g}" for lr in lrs], xlabel="learning rate",
+           yticks=range(len(alphas)), yticklabels=[f"{a:g} (x{a / r:g})" for a in alphas],
+           ylabel="alpha (scaling)", title=title)
+    fig.colorbar(image, ax=ax, label="exact match")
+    plt.close(fig)
+    return fig

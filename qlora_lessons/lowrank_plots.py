@@ -67,8 +67,8 @@ def plot_energy_by_layer(groups: dict[str, Sequence[torch.Tensor]], max_rank: in
     """Plot the energy captured at ranks 1..max_rank, averaged over each group of matrices, against random.
 
     Equation: energy(r) = (S[0]^2 + ... + S[r-1]^2) / ||W||_F^2, the mean over a group's matrices; the
-    dashed grey lines are ``random_matrix_like(W, seed)`` for each distinct shape (a shape and its
-    transpose have the same singular values, so they share a line).
+    black lines are ``random_matrix_like(W, seed)`` for each distinct shape, dashed, dotted, dash-dotted
+    (a shape and its transpose have the same singular values, so they share a line; up to four shapes).
     Shapes: each matrix (m, n) with min(m, n) >= max_rank.
     Example: ``plot_energy_by_layer({"q_proj": [dW0, dW1], "down_proj": [dW2, dW3]}, max_rank=64)``.
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
@@ -87,9 +87,11 @@ def plot_energy_by_layer(groups: dict[str, Sequence[torch.Tensor]], max_rank: in
         mean = torch.stack([singular_value_energy(W)[:max_rank].float() for W in group]).mean(0)
         ax.plot(ranks, mean.numpy(), label=name)
     shapes = {tuple(sorted(W.shape)): W for group in matrices.values() for W in group}  # one example per shape
-    for (m, n), W in shapes.items():
-        ax.plot(ranks, singular_value_energy(random_matrix_like(W, seed=seed))[:max_rank].numpy(), "--",
-                color="grey", linewidth=1, label=f"random {m}x{n}")
+    if len(shapes) > 4:
+        raise ValueError(f"groups may hold at most 4 distinct matrix shapes (one line style each), got {len(shapes)}")
+    for (m, n), W, style in zip(shapes, shapes.values(), ("--", ":", "-.", (0, (5, 1, 1, 1)))):  # one style per shape
+        ax.plot(ranks, singular_value_energy(random_matrix_like(W, seed=seed))[:max_rank].numpy(), linestyle=style,
+                color="black", linewidth=1.2, label=f"random {m}x{n}")
     ax.axhline(0.9, color="grey", linewidth=0.5)
     ax.set(xlabel="rank r", ylabel="energy captured", ylim=(0, 1.02), title="energy of the best rank-r")
     ax.legend(fontsize="small", ncol=2, loc="lower right")

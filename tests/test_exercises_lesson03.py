@@ -18,6 +18,9 @@ from qlora_lessons.exercises import lesson03, show_solution
          lambda W, r: (lambda U, S, Vh: U[:, :r] @ Vh[:r])(*torch.linalg.svd(W, full_matrices=False))),
         (lesson03.check_energy_at_rank, lesson03.solution_energy_at_rank,
          lambda W, r: float(torch.linalg.svdvals(W)[:r].sum() / torch.linalg.svdvals(W).sum())),
+        (lesson03.check_perturbation_growth, lesson03.solution_perturbation_growth(), 2.0),  # "like eps"
+        (lesson03.check_random_effective_rank, lesson03.solution_random_effective_rank(), 10),
+        (lesson03.check_random_effective_rank, lesson03.solution_random_effective_rank(), 230),
     ],
 )
 def test_check_passes_the_solution_and_fails_a_wrong_answer(check, solution, wrong, grades):
@@ -42,3 +45,8 @@ def test_a_failing_or_misshapen_function_is_reported_not_raised(capsys):
 def test_solutions_can_be_shown(capsys):
     show_solution(lesson03.solution_low_rank_approx)
     assert "torch.linalg.svd" in capsys.readouterr().out
+
+
+def test_the_measured_answers():
+    assert abs(lesson03.solution_perturbation_growth() - 4) < 0.05  # the error rises with eps^2
+    assert 120 <= lesson03.solution_random_effective_rank() <= 140

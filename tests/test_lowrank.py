@@ -195,6 +195,17 @@ def test_energy_by_layer_draws_group_means_and_one_random_line_per_shape():
         plot_energy_by_layer({"low": []})
 
 
+def test_energy_by_layer_gives_each_random_shape_its_own_line_style():
+    g = torch.Generator().manual_seed(0)
+    groups = {"square": [torch.randn(12, 12, generator=g)], "tall": [torch.randn(16, 12, generator=g)]}
+    (ax,) = plot_energy_by_layer(groups, max_rank=8).axes
+    random_lines = [line for line in ax.lines if line.get_label().startswith("random")]
+    assert len(random_lines) == 2 and random_lines[0].get_linestyle() != random_lines[1].get_linestyle()
+    many = {f"g{i}": [torch.randn(8, 8 + i, generator=g)] for i in range(5)}
+    with pytest.raises(ValueError, match="at most 4 distinct matrix shapes"):
+        plot_energy_by_layer(many, max_rank=4)
+
+
 def test_low_rank_row_titles_carry_the_errors():
     W = sample_image(32)
     fig = plot_low_rank(W, ranks=(1, 8), title="photo")

@@ -1,4 +1,5 @@
-"""Exercises for 03_low_rank_svd: parameter counts, the ">99% fewer" claim, Eckart-Young, energy.
+"""Exercises for 03_low_rank_svd: parameter counts, the ">99% fewer" claim, Eckart-Young, energy; and two
+that ask for a prediction first, then a measurement (how the error grows off the optimum, a random matrix's rank).
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.exercises import agrees, close_to, report
-from qlora_lessons.lowrank import low_rank_approx, singular_value_energy
+from qlora_lessons.lowrank import effective_rank, low_rank_approx, singular_value_energy
 
 
 def _random_matrices() -> list[torch.Tensor]:
@@ -76,3 +77,40 @@ def check_energy_at_rank(fn: Callable) -> bool:
 def solution_energy_at_rank(W: torch.Tensor, r: int) -> float:
     S = torch.linalg.svdvals(W)  # descending
     return float((S[:r] ** 2).sum() / (S**2).sum())
+
+
+def check_perturbation_growth(answer: float) -> bool:
+    """Predict first: move the optimal row space V[:r] by eps in a random direction; does the error above the
+    Eckart-Young minimum grow like eps or like eps^2? Then measure rise(2 eps) / rise(eps) for a small eps and
+    pass that ratio (2 for eps, 4 for eps^2)."""
+    hint = ("at a minimum the first derivative is zero, so the error rises with the square of the move; "
+            "measure rise(2 eps) / rise(eps) with eps = 0.01 in float64")
+    return report("perturbation_growth", close_to(answer, solution_perturbation_growth(), abs_tol=0.3), hint)
+
+
+def solution_perturbation_growth() -> float:
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(100, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 80, generator=g, dtype=torch.float64)
+    M = M / 8 + 0.05 * torch.randn(100, 80, generator=g, dtype=torch.float64)  # rank 8 + noise, as in the lesson
+    rows = torch.linalg.svd(M, full_matrices=False)[2][:8]  # (8, 80): the optimal row space
+    D = torch.randn(8, 80, generator=g, dtype=torch.float64)
+    D = D / D.norm()  # a random direction of length 1
+
+    def error(A: torch.Tensor) -> float:  # the best B for row space A: B = M A^+
+        return float((M - M @ torch.linalg.pinv(A) @ A).norm())
+
+    rise = [error(rows + eps * D) - error(rows) for eps in (0.01, 0.02)]
+    return rise[1] / rise[0]  # about 4: the error rises with eps^2
+
+
+def check_random_effective_rank(answer: int) -> bool:
+    """Predict first: how many ranks does a 256 x 256 matrix of Gaussian noise need for 90% of its energy?
+    Then measure it with ``effective_rank(torch.randn(256, 256))``."""
+    expected = solution_random_effective_rank()
+    hint = "noise spreads its energy over all directions: far more than half of 256 is not right, nor a handful"
+    return report("random_effective_rank", close_to(answer, expected, abs_tol=5), hint)
+
+
+def solution_random_effective_rank() -> int:
+    W = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    return effective_rank(W, 0.9)  # about 130: a quarter of the ranks would keep only about half the energy

@@ -1,4 +1,6 @@
-"""Exercises for 04_lora_from_scratch: trainable parameters of a 7B model, adapter bytes, the forward, merging.
+"""Exercises for 04_lora_from_scratch: trainable parameters of a 7B model, adapter bytes, the forward, merging;
+and three that ask for a prediction, then an experiment: the smallest rank that reaches 85%, the learning
+rate that makes up for a halved alpha, and what a random B does to the model at step 0.
 
 Each ``check_<name>(answer)`` prints a tick or a cross and returns True or False;
 ``show_solution(solution_<name>)`` prints a worked solution.
@@ -11,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from qlora_lessons.exercises import agrees, report
+from qlora_lessons.exercises import agrees, is_number, report
 from qlora_lessons.lora import LoRALinear
 
 
@@ -78,3 +80,60 @@ def check_merge(fn: Callable) -> bool:
 def solution_merge(W0, A, B, alpha):
     r = A.shape[0]
     return W0 + (alpha / r) * B @ A  # (out, r) @ (r, in) -> (out, in)
+
+
+def check_smallest_rank(answer: int) -> bool:
+    """Predict first, then read the rank sweep (``lora_sweeps.load_sweeps``) or run the points yourself: the
+    smallest r (all linear layers, alpha = 2r) whose mean held-out exact match over 3 seeds reaches 85%."""
+    return report("smallest_rank", answer == solution_smallest_rank(),
+                  "average the 3 seeds at each r in select(load_sweeps(), 'rank') and take the first r at >= 85%")
+
+
+def solution_smallest_rank() -> int:
+    from qlora_lessons.lora_sweeps import load_sweeps, select, summarize
+
+    points = select(load_sweeps(), "rank")
+    return min(r for r in {p.r for p in points} if summarize([p for p in points if p.r == r]).mean >= 0.85)
+
+
+def check_alpha_compensation(answer: str) -> bool:
+    """You halve alpha. With Adam (no gradient clipping, no weight decay), which change of learning rate gives
+    exactly the same training run: 'both' (double the learning rate of A and B), 'A' (double A's only) or 'B'
+    (double B's only)? Predict, then try each with ``toy_run`` of the lesson."""
+    hint = "dW = (alpha / r) B A and B starts at 0: Adam's step size does not depend on the gradient's scale"
+    return report("alpha_compensation", answer == solution_alpha_compensation(), hint)
+
+
+def solution_alpha_compensation() -> str:
+    # Adam moves each parameter by about lr whatever its gradient's scale, so (alpha / r) B moves by
+    # (alpha / r) lr_B per step; A's gradient is ((alpha / r) B)^T dL/dh, the same in both runs. Only lr_B matters.
+    return "B"
+
+
+def check_random_b_init(zero_b_change: float, random_b_change: float) -> bool:
+    """Predict first: with B random instead of zero, is the model at step 0 still the pretrained model? Then
+    measure the largest |logit difference| from the base model on one batch, for B = 0 and for B random."""
+    numbers = is_number(zero_b_change) and is_number(random_b_change)
+    ok = numbers and zero_b_change == 0 and random_b_change > 1e-3
+    return report("random_b_init", ok, "B = 0 gives exactly the base model's logits (difference 0); a random B "
+                  "changes every adapted layer from the first step: pass the two measured differences")
+
+
+def solution_random_b_init(std: float = 0.05) -> tuple[float, float]:
+    from qlora_lessons.data import load_task
+    from qlora_lessons.lora import add_lora
+    from qlora_lessons.models import load_model
+    from qlora_lessons.train import collate, encode_examples
+
+    model, tokenizer = load_model("course-model")
+    batch = collate(encode_examples(tokenizer, load_task("train")[:32]), tokenizer.pad_token_id)
+    with torch.no_grad():
+        base = model(**batch).logits
+        add_lora(model, "all-linear", r=4, alpha=8)  # B = 0
+        zero_b = float((model(**batch).logits - base).abs().max())
+        generator = torch.Generator().manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)  # B random, as A is
+        random_b = float((model(**batch).logits - base).abs().max())
+    return zero_b, random_b  # 0.0 and several logits' worth: training would start from a changed model
