@@ -72,7 +72,7 @@ def check_probe_after_finetuning(model, answer: float, prediction: object = None
     if not hasattr(model, "generate"):
         return report("probe after fine-tuning", False, "pass the fine-tuned model itself as the first argument")
     _, tokenizer = load_model("course-model")
-    if exact_match(model, tokenizer, load_task("train")[::4]) < 0.5:
+    if exact_match(model, tokenizer, load_task("train")[::20]) < 0.5:  # 240 questions: enough to tell
         return report("probe after fine-tuning", False, "fine-tune the model first: finetune(model_3, tokenizer, "
                       "train, steps=FULL_STEPS, lr=3e-3), until it answers the training questions")
     if not is_number(answer):
