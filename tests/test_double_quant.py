@@ -14,10 +14,10 @@ import math
 import bitsandbytes.functional as bnb
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from qlora_lessons.blockwise import quantization_error
+from qlora_lessons.blockwise import blockwise_absmax_scale, quantization_error
 from qlora_lessons.double_quant import (
     Blockwise8bitState,
     bits_per_param,
@@ -64,6 +64,7 @@ def test_dynamic_map_is_sorted_with_zero_one_and_many_small_values():
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 2000), blocksize=st.sampled_from([32, 64, 256, 2048]), log_scale=st.floats(-20, 20),
        signed=st.booleans(), seed=st.integers(0, 2**16))
+@example(n=782, blocksize=64, log_scale=0.0, signed=False, seed=1)
 def test_8bit_codes_are_the_nearest_level_and_round_trip_within_half_a_gap(n, blocksize, log_scale, signed, seed):
     x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 2.0**log_scale
     x = x if signed else x.abs()
@@ -71,7 +72,9 @@ def test_8bit_codes_are_the_nearest_level_and_round_trip_within_half_a_gap(n, bl
     codes, state = quantize_blockwise_8bit(x, blocksize, code)
     assert codes.dtype == torch.uint8 and codes.shape == x.shape and state.absmax.numel() == math.ceil(n / blocksize)
     absmax = state.absmax.repeat_interleave(blocksize)[:n]
-    scaled = (x / absmax).clamp(-1, 1)
+    # the quantizer's own scaled values: x * (1 / absmax) and x / absmax can differ in the last bit, and a value
+    # that lands exactly on a midpoint then counts it or not (seed 1, n=782, blocksize 64: one value of 782)
+    scaled = blockwise_absmax_scale(x, blocksize)[1]
     midpoints = (code[:-1] + code[1:]) / 2
     counted = (scaled[:, None] > midpoints[None, :]).sum(dim=1)  # midpoints strictly below, counted one by one
     assert torch.equal(codes.long(), counted)
