@@ -50,6 +50,19 @@ def test_notebook_is_committed_clean(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_saved_as_jupyterlab_saves_it(path):
+    """nbformat 4.5 with a unique id per cell: JupyterLab opens the file without upgrading it, so a learner's tab
+    is not marked unsaved and autosave does not rewrite a tracked file. Checked outputs are marked by the cell
+    tag nbval reads, not by a comment line in the code a learner reads."""
+    nb = json.loads(path.read_text())
+    assert (nb["nbformat"], nb["nbformat_minor"]) == (4, 5), (nb["nbformat"], nb["nbformat_minor"])
+    ids = [cell.get("id") for cell in nb["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell needs its own id"
+    for index, cell in enumerate(nb["cells"]):
+        assert "NBVAL_" not in "".join(cell["source"]), f"cell {index}: use the nbval-check-output tag instead"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_images_are_small(path):
     size = path.stat().st_size
     assert size < 1_500_000, f"{path.name} is {size / 1e6:.1f} MB; keep figures small (dpi 72)"

@@ -4,6 +4,8 @@
     python tools/notebooks.py clean notebooks/*.ipynb                          # strip execution noise only
     python tools/notebooks.py from-py lesson.py notebooks/05_nf4_by_hand.ipynb # percent-format script -> notebook
 
+A code cell whose output nbval checks carries the cell tag `nbval-check-output`; in a percent-format script,
+write `# NBVAL_CHECK_OUTPUT` as the cell's first line and `clean` turns it into the tag.
 `execute` runs each notebook top to bottom in a fresh kernel (QLORA_LESSONS_MODE=cpu, offline, working
 directory notebooks/), then cleans it, so the committed file is what a reader on GitHub should see.
 The percent format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines
@@ -16,12 +18,15 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
 
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 KEEP_CELL_METADATA = ("tags",)
+CHECK_TAG = "nbval-check-output"  # nbval compares this cell's saved output with a fresh run
+CHECK_COMMENT = "# NBVAL_CHECK_OUTPUT"  # the same marker as a first line (percent-format scripts write it)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
@@ -33,14 +38,18 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     nb.metadata["language_info"] = {"name": "python"}
     for cell in nb.cells:
         cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA})
-        cell.pop("id", None)
+        cell.setdefault("id", uuid.uuid4().hex[:8])  # nbformat 4.5: JupyterLab keeps ids, so opening changes nothing
+        if cell.cell_type == "code" and cell.source.startswith(CHECK_COMMENT):
+            # nbval's marker as a tag, not a line in the code learners read
+            cell.source = cell.source[len(CHECK_COMMENT):].lstrip("\n")
+            cell.metadata["tags"] = sorted({*cell.metadata.get("tags", []), CHECK_TAG})
         if cell.cell_type == "code":
             # A widget (a slider, a progress bar) lives in the kernel; saved, it is only a placeholder such as
             # "VBox(children=...)" or "  0%|  | 0/150". Readers on GitHub see the static figures instead.
             cell.outputs = [o for o in cell.outputs if WIDGET_VIEW not in o.get("data", {})]
             for output in cell.outputs:
                 output.get("metadata", {}).pop("execution", None)
-    nb.nbformat, nb.nbformat_minor = 4, 4
+    nb.nbformat, nb.nbformat_minor = 4, 5
     return nb
 
 
