@@ -2,6 +2,9 @@
 #   make course   set up a virtual environment (first run only) and open the course in JupyterLab
 #   make test     set up the same environment and run the whole test suite (library tests and every notebook)
 # and, for maintainers (CONTRIBUTING.md):
+#   make site            the course website from the committed, executed notebooks (nothing is executed), into
+#                        site/_build/html: open site/_build/html/index.html, or copy the folder anywhere (it reads
+#                        offline); .github/workflows/pages.yml publishes it
 #   make test-portable   the notebooks again as other machines run them: torch's plain (non-vectorized) CPU
 #                        kernels, and one thread; VARIANT=kernels or VARIANT=threads runs one of the two,
 #                        VARIANT=both-at-once runs them in one pass (what .ci/run does)
@@ -24,13 +27,13 @@ PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install gpu-check clean-venv
+.PHONY: course test test-portable install gpu-check clean-venv site
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP) $(TORCH)
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,site]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,6 +56,10 @@ test-portable: install
 	  echo "== notebooks with $$settings"; \
 	  env $$settings $(BIN)/python -m pytest notebooks || exit $$?; \
 	done
+
+site: install
+	$(BIN)/python -m sphinx -b html -q -d site/_build/doctrees site site/_build/html
+	@echo "site: site/_build/html/index.html"
 
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py
