@@ -20,6 +20,7 @@ CONSTRAINTS ?= constraints.txt
 VARIANT ?= kernels threads
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qlora-lessons-installed
+SITE_STAMP := $(VENV)/.qlora-lessons-site-installed
 PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Settings that make this CPU compute like another one (see CONTRIBUTING.md, "Other machines").
@@ -33,16 +34,22 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP) $(TORCH)
-	$(PIP) -e ".[dev,site]"
+	$(PIP) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The website's tools (pyproject.toml's site extra: Sphinx, myst-nb, furo, MathJax, Playwright for the browser
+# test) are for `make site` and `make test`, not for a learner's `make course`: Playwright alone is 165 MB.
+$(SITE_STAMP): $(STAMP)
+	$(PIP) -e ".[dev,site]"
+	touch $(SITE_STAMP)
 
 course: install
 	$(BIN)/python -m qlora_lessons
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 
-test: install
+test: install $(SITE_STAMP)
 	$(BIN)/python -m pytest
 
 test-portable: install
@@ -57,7 +64,7 @@ test-portable: install
 	  env $$settings $(BIN)/python -m pytest notebooks || exit $$?; \
 	done
 
-site: install
+site: $(SITE_STAMP)
 	$(BIN)/python -m sphinx -b html -q -d site/_build/doctrees site site/_build/html
 	@echo "site: site/_build/html/index.html"
 

@@ -83,7 +83,7 @@ def test_constraints_pin_the_whole_dependency_set():
     from packaging.requirements import Requirement
 
     pins, project = _pins(), _pyproject()["project"]
-    extras = project["optional-dependencies"]  # dev and site: `make install` installs both
+    extras = project["optional-dependencies"]  # dev, and site: `make test` and `make site` install it too
     todo = [Requirement(spec) for spec in project["dependencies"] + [s for specs in extras.values() for s in specs]]
     needed: set[str] = set()
     while todo:
