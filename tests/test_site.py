@@ -125,13 +125,13 @@ def test_the_api_reference_has_every_public_name_under_its_lesson(site):
 def test_a_module_that_no_lesson_claims_stops_the_build():
     sys.path.insert(0, str(ROOT / "site"))
     try:
-        import course_site
+        import course_api
     finally:
         sys.path.remove(str(ROOT / "site"))
-    rows = course_site.library_table((ROOT / "README.md").read_text(encoding="utf-8"))
-    assert course_site.lesson_of_module("lora_plots", rows) == course_site.lesson_of_module("lora", rows) == "04"
+    rows = course_api.library_table((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert course_api.lesson_of_module("lora_plots", rows) == course_api.lesson_of_module("lora", rows) == "04"
     with pytest.raises(ValueError, match="library table"):
-        course_site.lesson_of_module("unclaimed_module", rows)
+        course_api.lesson_of_module("unclaimed_module", rows)
 
 
 def _widget_functions() -> set[str]:
@@ -247,7 +247,7 @@ def _saved_figures(notebook: str) -> int:
 def test_every_page_renders_with_its_figures_and_its_links_resolve(served, visit):
     base, failures = served
     links: set[str] = set()
-    for path in ["index.html", "setup.html", "api.html", *LESSON_PAGES]:
+    for path in ["index.html", "setup.html", "api.html", "slides.html", *LESSON_PAGES]:
         tab, errors, outside = visit(path)
         assert not errors, f"{path}: console errors {errors}"
         assert not outside, f"{path} requested other hosts: {outside}"
@@ -302,6 +302,16 @@ def test_search_finds_the_api_and_the_api_page_lists_the_library(visit):
     for name in ("estimate_training_memory", "quantize_4bit", "LoRALinear"):
         entry = tab.locator(f'dt[id$=".{name}"]')
         assert entry.count() == 1 and entry.is_visible() and name in entry.inner_text(), name
+
+
+def test_the_slides_have_each_lesson_opening_and_recap(visit):
+    tab, errors, _ = visit("slides.html")
+    assert not errors, errors
+    openings = tab.eval_on_selector_all("section.opening", "slides => slides.map(s => s.dataset.lesson)")
+    recaps = tab.eval_on_selector_all("section.recap", "slides => slides.map(s => s.dataset.lesson)")
+    assert sorted(set(openings)) == [lesson.notebook[:2] for lesson in LESSONS], openings
+    assert len(recaps) >= len(LESSONS) - 1, f"recap slides for lessons {recaps}"
+    assert tab.evaluate("() => document.querySelector('section.slide').getBoundingClientRect().height") >= 900
 
 
 def test_screenshot_of_a_lesson_page(visit):
