@@ -304,6 +304,19 @@ def test_search_finds_the_api_and_the_api_page_lists_the_library(visit):
         assert entry.count() == 1 and entry.is_visible() and name in entry.inner_text(), name
 
 
+def test_from_a_usb_stick_pages_and_search_work(site, browser):
+    """Opened as files (file://, no server): figures load and search lists results. (Chromium refuses the
+    fetches that add a text snippet under each result from a file:// page, so results come without snippets.)"""
+    tab = browser.new_page()
+    try:
+        tab.goto((site / LESSON_PAGES[3]).as_uri(), wait_until="load")
+        assert tab.evaluate("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        tab.goto((site / "search.html").as_uri() + "?q=LoRALinear", wait_until="load")
+        tab.wait_for_selector("#search-results li a", timeout=30_000)
+    finally:
+        tab.close()
+
+
 def test_the_slides_have_each_lesson_opening_and_recap(visit):
     tab, errors, _ = visit("slides.html")
     assert not errors, errors
