@@ -37,15 +37,20 @@ def test_no_module_imports_the_course_extra_but_through_course_import():
     assert not offenders, f"import these with course_import(...): {offenders}"
 
 
-@pytest.mark.parametrize("blocked", ["matplotlib", "matplotlib.pyplot"])
-def test_a_figure_without_matplotlib_says_how_to_install_it(monkeypatch, blocked):
-    monkeypatch.setitem(sys.modules, blocked, None)  # import of a None entry fails as if it were not installed
+def _uninstall(monkeypatch, package: str) -> None:
+    """Make ``package`` and its modules fail to import, as if it were not installed (even if a test imported it)."""
+    for name in [name for name in sys.modules if name == package or name.startswith(package + ".")] + [package]:
+        monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ModuleNotFoundError
+
+
+def test_a_figure_without_matplotlib_says_how_to_install_it(monkeypatch):
+    _uninstall(monkeypatch, "matplotlib")
     with pytest.raises(ImportError, match=r"needs matplotlib.*pip install qlora-lessons\[course\]"):
         qlora_lessons.plot_spectrum(torch.eye(4))
 
 
 def test_a_widget_without_ipywidgets_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    _uninstall(monkeypatch, "ipywidgets")
     with pytest.raises(ImportError, match=r"needs ipywidgets.*pip install qlora-lessons\[course\]"):
         qlora_lessons.lora_calculator(torch.nn.Sequential(torch.nn.Linear(4, 4)))
 

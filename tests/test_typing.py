@@ -44,5 +44,6 @@ def test_mypy_passes_on_the_package_and_catches_wrong_calls(tmp_path):
     (tmp_path / "wrong.py").write_text(WRONG)
     result = _mypy("qlora_lessons", str(tmp_path / "right.py"), str(tmp_path / "wrong.py"))
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert all(line.startswith(str(tmp_path / "wrong.py")) for line in errors), "\n".join(errors)
+    # by file name: mypy's cache may give the path of an earlier run's identical wrong.py
+    assert all(Path(line.split(":")[0]).name == "wrong.py" for line in errors), "\n".join(errors)
     assert sorted({int(line.split(":")[1]) for line in errors}) == [5, 6, 7], result.stdout[-4000:]
