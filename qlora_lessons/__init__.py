@@ -9,7 +9,8 @@ command line (``qlora-lessons``) starts in a fraction of a second.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # True for type checkers (mypy, pyright); not importing typing keeps the import fast
 
 _MODULES = {  # module (under qlora_lessons) -> the public names it defines
     "adam8bit": ("AdamW8bit",),
@@ -56,6 +57,8 @@ _MODULES = {  # module (under qlora_lessons) -> the public names it defines
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 if TYPE_CHECKING:  # the same names, imported eagerly for type checkers (mypy, pyright), which do not run __getattr__
+    from typing import Any
+
     from qlora_lessons.adam8bit import AdamW8bit
     from qlora_lessons.adamw import adamw_update_, check_adamw_hyperparameters
     from qlora_lessons.blockwise import QuantError, dequantize_int, quantization_error, quantize_int
