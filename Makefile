@@ -1,6 +1,6 @@
 # The two commands of the README:
-#   make course   set up a virtual environment (first run only) and open the course in JupyterLab
-#   make test     set up the same environment and run the whole test suite (library tests and every notebook)
+#   make course   set up a virtual environment with the course extra (first run only) and open the course in JupyterLab
+#   make test     add the test tools (the dev extra) and run the whole test suite (library tests and every notebook)
 # and, for maintainers (CONTRIBUTING.md):
 #   make site            the course website from the committed, executed notebooks (nothing is executed), into
 #                        site/_build/html: open site/_build/html/index.html, or copy the folder anywhere (it reads
@@ -21,6 +21,7 @@ VARIANT ?= kernels threads
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qlora-lessons-installed
 SITE_STAMP := $(VENV)/.qlora-lessons-site-installed
+COURSE_STAMP := $(VENV)/.qlora-lessons-course
 PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Settings that make this CPU compute like another one (see CONTRIBUTING.md, "Other machines").
@@ -28,14 +29,25 @@ PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install gpu-check clean-venv site
+.PHONY: course test test-portable install install-course gpu-check clean-venv site
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The course: the library and its course extra (JupyterLab, ipywidgets, matplotlib).
+$(COURSE_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[course]"
+	touch $(COURSE_STAMP)
+
+# The course and the test tools (the dev extra, which includes the course extra).
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) $(TORCH)
 	$(PIP) -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(COURSE_STAMP)
+
+install-course: $(COURSE_STAMP)
 
 install: $(STAMP)
 
@@ -45,7 +57,8 @@ $(SITE_STAMP): $(STAMP)
 	$(PIP) -e ".[dev,site]"
 	touch $(SITE_STAMP)
 
-course: install
+
+course: install-course
 	$(BIN)/python -m qlora_lessons
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 

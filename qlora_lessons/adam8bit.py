@@ -127,7 +127,7 @@ class AdamW8bit(torch.optim.Optimizer):
             return torch.zeros_like(p, dtype=torch.float32), torch.zeros_like(p, dtype=torch.float32)
         if "exp_avg" in state:
             return state["exp_avg"].clone(), state["exp_avg_sq"].clone()
-        return tuple(
+        m, v = (
             dequantize_blockwise_8bit(
                 state[f"{name}_codes"],
                 Blockwise8bitState(state[f"{name}_absmax"], code.to(p.device), self.blocksize, tuple(p.shape),
@@ -135,6 +135,7 @@ class AdamW8bit(torch.optim.Optimizer):
             )
             for name, code in (("exp_avg", self.code_m), ("exp_avg_sq", self.code_v))
         )
+        return m, v
 
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         """Zero moments: float32 for a 32-bit tensor; else zero codes and absmax (code[q] * 0 = 0), as bitsandbytes."""

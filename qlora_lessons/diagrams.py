@@ -7,6 +7,9 @@ Left out: anything with data in it (those plots live beside the concept they sho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from qlora_lessons.course_extra import course_import
 
 
 def plot_flow(steps: Sequence[tuple[str, str]], title: str = "", colors: Sequence[str] | None = None):
@@ -14,8 +17,8 @@ def plot_flow(steps: Sequence[tuple[str, str]], title: str = "", colors: Sequenc
 
     Example: ``plot_flow([("data", "840 questions"), ("model", "2.8M parameters")])`` -> two boxes, one arrow.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
+    plt = course_import("matplotlib.pyplot")
+    FancyBboxPatch = course_import("matplotlib.patches").FancyBboxPatch
 
     if len(steps) == 0:
         raise ValueError("steps is empty: a flow needs at least one box")
@@ -56,7 +59,7 @@ def _shrunk(before, after, parts: int = 2) -> str:
     return ", ".join(named) or "same bytes"
 
 
-def plot_memory_map(steps: Sequence[tuple[str, object]], budgets: dict[str, float] | None = None,
+def plot_memory_map(steps: Sequence[tuple[str, Any]], budgets: dict[str, float] | None = None,
                     title: str = "What each lesson removes from the memory bill"):
     """The course as one figure: a fine-tuning memory bill, and the lesson that removes each part of it.
 
@@ -68,7 +71,7 @@ def plot_memory_map(steps: Sequence[tuple[str, object]], budgets: dict[str, floa
     Shapes: one bar per step.
     Example: ``plot_memory_map([("full", full), ("LoRA (lesson 04)", lora)])`` -> a Figure with 2 bars.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if len(steps) == 0:
         raise ValueError("steps is empty: a memory map needs at least one bill")

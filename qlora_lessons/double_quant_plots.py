@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.double_quant import dequantize_absmax, estimate_constants_memory, quantize_absmax
 
 
@@ -21,7 +22,7 @@ def plot_constants(absmax: torch.Tensor, blocksize2: int = 256, bins: int = 60):
     Shapes: absmax (n_blocks,) float32 -> a figure with two panels.
     Example: ``plot_constants(quantize_4bit(w)[1].absmax)``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     codes, offset, state2 = quantize_absmax(absmax, blocksize2)
     relative = ((dequantize_absmax(codes, offset, state2) - absmax) / absmax).numpy()
@@ -42,7 +43,7 @@ def plot_constants_memory(sizes: dict[str, int], blocksize: int = 64, blocksize2
     Shapes: sizes maps a label to a parameter count, e.g. {"7B": 7 * 10**9}.
     Example: ``plot_constants_memory({"7B": 7 * 10**9, "65B": 65 * 10**9})``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not sizes:
         raise ValueError("sizes must name at least one model, e.g. {'7B': 7 * 10**9}")
@@ -66,7 +67,7 @@ def constants_calculator(billions: float = 65.0):
     Example: ``constants_calculator(65)`` shows 4.5 vs 4.127 bits per parameter and about 3 GB saved.
     Returns an ipywidgets VBox of the three controls and a caption.
     """
-    import ipywidgets as widgets
+    widgets = course_import("ipywidgets")
 
     if not isinstance(billions, (int, float)) or not 0.001 <= billions <= 2000:
         raise ValueError(f"billions must be a number of parameters in billions (0.001..2000), got {billions!r}")

@@ -28,6 +28,8 @@ from importlib import metadata
 
 import torch
 
+from qlora_lessons.course_extra import course_import
+
 MODES = ("cpu", "gpu")
 MODE_VARIABLE = "QLORA_LESSONS_MODE"
 COMPUTE_DTYPE_VARIABLE = "QLORA_LESSONS_COMPUTE_DTYPE"
@@ -259,8 +261,7 @@ def setup_lesson(seed: int = 0) -> str:
         seed = int(raw)
     seed_everything(seed)
     mode = course_mode()
-    import matplotlib
-
+    matplotlib = course_import("matplotlib")  # the lessons draw: without the course extra, say how to install it
     matplotlib.rcParams.update({"figure.figsize": (6.4, 3.2), "figure.dpi": 72, "savefig.dpi": 72})
     # Library warnings print file paths of the machine they ran on; a lesson states its own caveats.
     warnings.filterwarnings("ignore", category=UserWarning)

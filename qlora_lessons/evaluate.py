@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from qlora_lessons.course_extra import course_import
+
 
 def normalize_answer(text: str) -> str:
     """The answer part of generated text: up to the first ``.`` or newline, spaces trimmed.
@@ -114,7 +116,7 @@ def plot_exact_match(scores: dict[str, dict[str, float]], title: str = "Held-out
 
     ``scores`` maps a model name to ``exact_match_by`` output. Returns the figure.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not scores:
         raise ValueError("scores is empty")
@@ -141,7 +143,7 @@ def answer_explorer(models: dict, tokenizer, examples: Sequence):
 
     ``models`` maps a name to a model; ``examples`` are the questions offered in the drop-down.
     """
-    import ipywidgets as widgets
+    widgets = course_import("ipywidgets")
 
     if not models or len(examples) == 0:
         raise ValueError("answer_explorer needs at least one model and one example")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.lora import ALL_LINEAR, _human_bytes, count_lora_params
 
 if TYPE_CHECKING:  # matplotlib and ipywidgets are imported when a picture is drawn, not when the course is imported
@@ -65,7 +66,7 @@ def plot_trainable_vs_rank(model: nn.Module, targets: dict[str, str | Sequence[s
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value): the static
     picture of ``lora_calculator`` for readers whose viewer does not run widgets.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     targets = LLAMA_TARGETS if targets is None else targets
     if not isinstance(targets, dict) or not targets:
@@ -97,7 +98,7 @@ def lora_calculator(model: nn.Module, r: int = 8, alpha: float = 16,
     Example: ``lora_calculator(model, r=4, alpha=8)`` -> a widget to display.
     Returns an ipywidgets VBox: ``.children`` are the r slider, the alpha slider, the menu and the caption (HTML).
     """
-    import ipywidgets as widgets
+    widgets = course_import("ipywidgets")
 
     targets = LLAMA_TARGETS if targets is None else targets
     if not isinstance(targets, dict) or not targets:
@@ -130,7 +131,7 @@ def plot_rank_curve(points: Sequence, title: str = "held-out exact match against
     questions (``lora_sweeps.summarize``). ``points`` are ``SweepPoint``s of one sweep, several seeds per r.
     Example: ``plot_rank_curve(select(load_sweeps(), "rank"))`` -> a Figure.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     from qlora_lessons.lora_sweeps import summarize
 
@@ -157,7 +158,7 @@ def plot_alpha_lr_grid(points: Sequence, title: str = "held-out exact match, r =
 
     Example: ``plot_alpha_lr_grid(select(load_sweeps(), "alpha_lr"))`` -> a Figure.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     alphas, lrs = sorted({p.alpha for p in points}), sorted({p.lr for p in points})
     if not alphas:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.lowrank import _check_matrix, _check_rank
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def plot_subspace_similarity(grid: torch.Tensor, labels: tuple[str, str] = ("A1"
 
     Example: ``plot_subspace_similarity(similarity_grid(A8, A64), ("A, r=8", "A, r=64"))``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not isinstance(grid, torch.Tensor) or grid.ndim != 2:
         raise ValueError(f"grid must be a 2-D tensor from similarity_grid, got {type(grid).__name__}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.lowrank import (
     LowRankSummary,
     _check_matrix,
@@ -41,7 +42,7 @@ def plot_spectrum(W: torch.Tensor, label: str = "W", max_rank: int | None = None
     Example: ``plot_spectrum(dW, label="dW q_proj", max_rank=64)`` -> a figure with two panels.
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     W32 = _check_matrix(W)
     k = min(W32.shape)
@@ -73,7 +74,7 @@ def plot_energy_by_layer(groups: dict[str, Sequence[torch.Tensor]], max_rank: in
     Example: ``plot_energy_by_layer({"q_proj": [dW0, dW1], "down_proj": [dW2, dW3]}, max_rank=64)``.
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not isinstance(groups, dict) or not groups or not all(len(matrices) for matrices in groups.values()):
         raise ValueError("groups must be a non-empty dict of name -> non-empty list of matrices")
@@ -101,7 +102,7 @@ def plot_energy_by_layer(groups: dict[str, Sequence[torch.Tensor]], max_rank: in
 
 def _picture_row(panels: list[tuple[torch.Tensor, str]], W32: torch.Tensor) -> Figure:
     """One row of matrices drawn as images on W's colour scale (gray if W >= 0, else red-blue around 0)."""
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     signed = float(W32.min()) < 0
     vmax = float(W32.abs().max())
@@ -151,8 +152,8 @@ def rank_slider(W: torch.Tensor, max_rank: int | None = None, title: str = "W") 
     Example: ``rank_slider(sample_image(128), max_rank=64, title="photo")`` -> a widget to display.
     Returns an ipywidgets VBox: ``.children`` are the slider, the caption (HTML) and the pictures.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
+    widgets = course_import("ipywidgets")
+    display = course_import("IPython.display").display
 
     W32 = _check_matrix(W)
     m, n = W32.shape
@@ -190,8 +191,8 @@ def sample_image(size: int = 128) -> torch.Tensor:
     Shapes: -> (size, size).
     Example: ``sample_image(64).shape`` -> torch.Size([64, 64]).
     """
-    from matplotlib import cbook
-    from matplotlib.image import imread
+    cbook = course_import("matplotlib.cbook")
+    imread = course_import("matplotlib.image").imread
 
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 512:
         raise ValueError(f"size must be an int between 8 and 512 (the photograph is 512 pixels wide), got {size!r}")

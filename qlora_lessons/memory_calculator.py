@@ -11,9 +11,9 @@ Left out: multi-GPU sharding (the bars are for one device).
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown
 from qlora_lessons.memory_estimate import METHODS, OPTIMIZERS, estimate_training_memory
 from qlora_lessons.memory_models import PRESET_NAMES, load_config, model_shape
@@ -37,6 +37,7 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
     a large one squashes); then a new figure with two Axes is made and the first is returned.
     Returns the matplotlib Axes. Example: ``plot_memory_breakdown({"full": estimate_training_memory("llama-13b")})``.
     """
+    plt = course_import("matplotlib.pyplot")
     if zoom is not None:
         if ax is not None or not set(zoom) <= set(breakdowns or {}) or not zoom:
             raise ValueError(f"zoom must name some of the breakdowns ({list(breakdowns or {})}) and comes without ax; "
@@ -141,7 +142,8 @@ def memory_calculator():
     ``estimate_training_memory`` for the setting against the GPU budget lines (``plot_memory_calculator``).
     Example: ``memory_calculator()`` as the last line of a cell.
     """
-    import ipywidgets as widgets
+    widgets = course_import("ipywidgets")
+    plt = course_import("matplotlib.pyplot")
 
     start = CALCULATOR_START
     knobs = {

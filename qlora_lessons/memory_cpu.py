@@ -238,7 +238,7 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
                          f"{mmap_threshold!r} with fresh_process={fresh_process}")
     if fresh_process:
         return _in_fresh_process(config, mmap_threshold, sample_every=sample_every, trace=trace, **knobs)
-    traced = trace_training_memory(config, **knobs, progress=False).total if trace else 0
+    traced = int(trace_training_memory(config, **knobs, progress=False).total) if trace else 0
     model_knobs = {k: knobs[k] for k in _MODEL_KNOBS}
     resident_before = resident_bytes()
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)

@@ -102,6 +102,12 @@ class NF4Linear(nn.Module):
     Example: ``NF4Linear(4096, 4096).weight.shape -> (8388608, 1)`` (16,777,216 codes, half a byte each).
     """
 
+    code: Tensor  # buffers, registered in __init__ (declared here so that a type checker knows them as tensors)
+    absmax: Tensor
+    absmax2: Tensor
+    absmax_code: Tensor
+    offset: Tensor
+
     def __init__(self, in_features: int, out_features: int, *, blocksize: int = 64, double_quant: bool = True,
                  device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None,
                  compute_dtype: torch.dtype | None = None) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import torch
@@ -109,8 +109,9 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The decoder layers: the longest ``nn.ModuleList`` of the model (model.layers, transformer.h, decoder.layers)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
+    lists: list[nn.ModuleList] = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    lengths = [len(layers) for layers in lists]
+    return list(lists[lengths.index(max(lengths))]) if lists else []  # the first of the longest
 
 
 @contextlib.contextmanager
@@ -128,7 +129,7 @@ def _quiet_bitsandbytes():
 
 def materialize_fake(model: nn.Module) -> None:
     """Replace every meta parameter and buffer by a fake CPU tensor of the same shape and dtype (inside fake mode)."""
-    made: dict[int, torch.Tensor] = {}
+    made: dict[int, Any] = {}  # a Parameter where the model had one, else a plain tensor
     for module in model.modules():
         for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
             if tensor is None:

@@ -208,7 +208,7 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     return MemoryBreakdown(**parts, total=total, label="trace")
 
 
-def _untraceable() -> tuple[type, ...]:
+def _untraceable() -> tuple[type[Exception], ...]:
     from torch._subclasses import fake_tensor
 
     names = ("DynamicOutputShapeException", "DataDependentOutputException", "UnsupportedOperatorException")

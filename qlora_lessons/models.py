@@ -11,17 +11,21 @@ Left out: 8-bit loading (the course is about 4 bits) and multi-GPU device maps.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
 from qlora_lessons.env import device as course_device
+
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not when the course is imported
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 COURSE_MODEL = "course-model"
 COURSE_MODEL_DIR = Path(__file__).parent / "course_model" / "weights"
 QUANTIZATIONS = (None, "nf4", "fp4")
 
 
-def resolve_model_path(model_id: str) -> str:
+def resolve_model_path(model_id: str | Path) -> str:
     """``"course-model"`` -> the bundled weights folder; a local folder -> itself; anything else unchanged."""
     if not isinstance(model_id, (str, Path)) or str(model_id).strip() == "":
         raise TypeError(f"model_id must be a non-empty string or path, got {model_id!r}")
@@ -44,9 +48,19 @@ def quantization_config(quantization: str, double_quant: bool = True, compute_dt
                               bnb_4bit_use_double_quant=bool(double_quant), bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, double_quant: bool = True,
+@overload
+def load_model(model_id: str | Path = ..., quantization: str | None = ..., double_quant: bool = ...,
+               compute_dtype: torch.dtype = ..., device: str | torch.device | None = ...,
+               dtype: torch.dtype | None = ..., *, tokenizer: Literal[True] = ...
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]: ...
+@overload
+def load_model(model_id: str | Path = ..., quantization: str | None = ..., double_quant: bool = ...,
+               compute_dtype: torch.dtype = ..., device: str | torch.device | None = ...,
+               dtype: torch.dtype | None = ..., *, tokenizer: Literal[False]) -> PreTrainedModel: ...
+def load_model(model_id: str | Path = COURSE_MODEL, quantization: str | None = None, double_quant: bool = True,
                compute_dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None):
+               dtype: torch.dtype | None = None, *, tokenizer: bool = True
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | PreTrainedModel:
     """Load a causal LM and its tokenizer: ``(model, tokenizer)``, the model in eval mode.
 
     ``quantization=None`` loads the checkpoint's own dtype (float32 for the course model) unless
@@ -54,8 +68,12 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
     quantizes their constants too) and computes in ``compute_dtype`` (on the CPU, in the layout it trains
     in: see ``keep_4bit_training_layout``). ``device=None`` is the course
     device (``cuda`` in GPU mode, else ``cpu``). The tokenizer pads on the left, for batched generation.
+    ``tokenizer=False`` returns the model alone (a folder of weights without tokenizer files, e.g. a
+    model built from a config and saved); with ``tokenizer=True`` a local folder without tokenizer files
+    is a ``FileNotFoundError`` naming the folder and the files looked for.
 
-    Example: ``model, tokenizer = load_model()`` -> the course model (about 2.8M parameters) on the CPU.
+    Example: ``model, tokenizer = load_model()`` -> the course model (about 2.8M parameters) on the CPU;
+    ``model = load_model(folder, tokenizer=False)`` -> the model only.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,14 +81,18 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
         raise TypeError(f"compute_dtype must be a floating torch.dtype, got {compute_dtype!r}")
+    if not isinstance(tokenizer, bool):
+        raise TypeError(f"tokenizer must be True or False, got {tokenizer!r}")
     path = resolve_model_path(model_id)
+    if tokenizer:
+        check_tokenizer_files(path)
     target = torch.device(device) if device is not None else course_device()
-    kwargs: dict = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     if quantization is not None:
         kwargs = {"quantization_config": quantization_config(quantization, double_quant, compute_dtype),
                   "dtype": dtype or compute_dtype, "device_map": {"": str(target)}}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        loaded = AutoTokenizer.from_pretrained(path) if tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as error:
         if Path(path).exists():
@@ -85,11 +107,38 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
         model.to(target)
     elif target.type == "cpu":
         keep_4bit_training_layout(model)
-    if tokenizer.pad_token is None:  # many hub models have none; generation needs one
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
     model.eval()
-    return model, tokenizer
+    if loaded is None:
+        return model
+    if len(loaded) < 2:  # transformers builds some tokenizer classes (Qwen2, GPT-2) from no files at all
+        raise ValueError(f"the tokenizer loaded for {model_id!r} from {path} has {len(loaded)} token(s); "
+                         f"pass tokenizer=False to load the model alone")
+    if loaded.pad_token is None:  # many hub models have none; generation needs one
+        loaded.pad_token = loaded.eos_token
+    loaded.padding_side = "left"
+    return model, loaded
+
+
+# A tokenizer is one of these in a model folder (transformers' file names): a fast tokenizer, a sentencepiece
+# model, a WordPiece vocabulary, or a byte-level BPE vocabulary with its merges.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("spiece.model",), ("sentencepiece.bpe.model",),
+                   ("vocab.txt",), ("vocab.json", "merges.txt"))
+
+
+def check_tokenizer_files(path: str | Path) -> None:
+    """Raise ``FileNotFoundError`` if the local folder ``path`` has none of the ``TOKENIZER_FILES``.
+
+    Without them transformers fails deep in sentencepiece (Llama, Phi-3) or builds an empty tokenizer
+    that turns every text into nothing (Qwen2, GPT-2, OPT). A hub id (not a local folder) is not checked.
+    Example: ``check_tokenizer_files(COURSE_MODEL_DIR)`` -> None (it has ``tokenizer.json``).
+    """
+    folder = Path(path)
+    if not folder.is_dir() or any(all((folder / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        return
+    looked_for = ", ".join(" + ".join(files) for files in TOKENIZER_FILES)
+    raise FileNotFoundError(f"{folder} has no tokenizer files (looked for one of: {looked_for}); pass "
+                            f"tokenizer=False to load the model alone, or save its tokenizer there "
+                            f"(tokenizer.save_pretrained(folder))")
 
 
 def keep_4bit_training_layout(model: torch.nn.Module) -> int:
@@ -105,7 +154,7 @@ def keep_4bit_training_layout(model: torch.nn.Module) -> int:
     """
     layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
+        setattr(layer, "support_avx512bf16_for_cpu", False)  # noqa: B010  (an attribute of bitsandbytes' layer)
     return len(layers)
 
 

@@ -223,7 +223,7 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
     if packed.numel() != (n + 1) // 2:
         raise ValueError(f"packed has {packed.numel()} bytes but shape {state.shape} needs {(n + 1) // 2}")
     absmax = state.absmax
-    if state.state2 is not None:
+    if state.state2 is not None and state.offset is not None:  # nested: both are set together
         from qlora_lessons.double_quant import dequantize_absmax  # noqa: PLC0415  (lesson 06's idea, used here)
 
         absmax = dequantize_absmax(state.absmax, state.offset, state.state2)

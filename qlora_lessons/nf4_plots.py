@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from qlora_lessons.blockwise import blockwise_absmax_scale, check_blocksize, check_float_tensor
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.nf4 import code_for, nearest_4bit
 
 
@@ -29,7 +30,7 @@ def plot_code_levels(values: torch.Tensor, code: torch.Tensor, absmax: float = 1
     Example: ``plot_code_levels(w, nf4_code(), float(w.abs().max()), "NF4 on N(0, 1)")``.
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value).
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     check_float_tensor(values, "values")
     if not isinstance(code, torch.Tensor) or code.dim() != 1:
@@ -53,7 +54,7 @@ def plot_code_comparison(scaled: torch.Tensor, quant_types: tuple[str, ...] = ("
     Shapes: scaled (any) values in [-1, 1] (e.g. w / absmax of its block) -> a figure with len(quant_types) panels.
     Example: ``plot_code_comparison(blockwise_absmax_scale(torch.randn(4096), 64)[1])``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     check_float_tensor(scaled, "scaled")
     if not isinstance(quant_types, (tuple, list)) or not quant_types:
@@ -79,7 +80,7 @@ def plot_dequantized_vs_absmax(value: float, absmax: torch.Tensor, dequantized: 
     Shapes: absmax (k,), each dequantized[name] (k,) -> a figure.
     Example: ``plot_dequantized_vs_absmax(-0.765432, a, {"nf4": w_hat}, target=-0.75)``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not isinstance(dequantized, dict) or not dequantized:
         raise ValueError("dequantized must be a non-empty dict {code name: (k,) values}")
@@ -168,8 +169,8 @@ def code_explorer(w: torch.Tensor, blocksize: int = 64):
     Shapes: w (any). Example: ``code_explorer(torch.randn(4, 64))`` -> a widget to display.
     Returns an ipywidgets VBox: the block slider, the index slider, the code buttons, a caption and a figure.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
+    widgets = course_import("ipywidgets")
+    display = course_import("IPython.display").display
 
     check_float_tensor(w, "w")
     check_blocksize(blocksize)

@@ -23,6 +23,7 @@ import bisect
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -111,8 +112,8 @@ class OffloadedAdamW(torch.optim.Optimizer):
         if page_bytes <= 0:
             raise ValueError(f"page_bytes must be > 0, got {page_bytes!r}")
         self.page_bytes = page_bytes
-        self._host: tuple[torch.Tensor, torch.Tensor] | None = None  # flat m and v in host memory
-        self._page: tuple[torch.Tensor, torch.Tensor] | None = None  # one page of m and v on the device
+        self._host: tuple[torch.Tensor, ...] = ()  # flat m and v in host memory (empty before the first step)
+        self._page: tuple[torch.Tensor, ...] = ()  # one page of m and v on the device (empty before)
         self._segments: list[tuple[dict, torch.Tensor, int]] = []  # (group, parameter, offset in flat state)
         self._offsets: list[int] = []
         self.reset_traffic()
@@ -121,7 +122,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group before the first step (the flat host state is laid out at the first step)."""
-        if self._host is not None:
+        if self._host:
             raise RuntimeError("OffloadedAdamW lays out its host state at the first step; add parameter groups "
                                "before it")
         params = param_group["params"]
@@ -153,12 +154,12 @@ class OffloadedAdamW(torch.optim.Optimizer):
     @property
     def device_state_bytes(self) -> int:
         """Bytes of optimizer state resident on the device: one page buffer (0 before the first step)."""
-        return 0 if self._page is None else sum(t.nbytes for t in self._page)
+        return sum(t.nbytes for t in self._page)
 
     @property
     def host_state_bytes(self) -> int:
         """Bytes of optimizer state in host memory: m and v for every parameter (0 before the first step)."""
-        return 0 if self._host is None else sum(t.nbytes for t in self._host)
+        return sum(t.nbytes for t in self._host)
 
     @property
     def traffic(self) -> PagingTraffic:
@@ -192,7 +193,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._host is None:
+        if not self._host:
             self._lay_out_host_state()
         for _, p, _ in self._segments:
             if p.grad is not None:
@@ -220,7 +221,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
             self._update(
                 group,
                 p.view(-1)[lo - offset : hi - offset],
-                p.grad.reshape(-1)[lo - offset : hi - offset],
+                cast(torch.Tensor, p.grad).reshape(-1)[lo - offset : hi - offset],  # pieces have gradients
                 m_page[lo - start : hi - start],
                 v_page[lo - start : hi - start],
                 self.state[p]["step"].item(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.paging_state import format_gb
 from qlora_lessons.paging_timeline import CATEGORIES, MemoryTimeline, simulate_eviction
 
@@ -23,7 +24,7 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
     ``budget_bytes`` draws that budget in every panel instead of each timeline's own.
     Example: ``plot_memory_timeline(plain, offloaded, titles=["AdamW", "OffloadedAdamW"])`` -> a Figure of 2 panels.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not timelines or not all(isinstance(t, MemoryTimeline) and len(t) for t in timelines):
         raise ValueError("plot_memory_timeline needs one or more MemoryTimeline with events")
@@ -75,8 +76,8 @@ def budget_slider(*timelines: MemoryTimeline, titles: Sequence[str] | None = Non
     widget of three panels to display.
     Returns an ipywidgets VBox: the slider, the caption (HTML) and the figure.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
+    widgets = course_import("ipywidgets")
+    display = course_import("IPython.display").display
 
     if not timelines or not all(isinstance(t, MemoryTimeline) and len(t) for t in timelines):
         raise ValueError("budget_slider needs one or more MemoryTimeline with events")

@@ -85,9 +85,9 @@ class MemoryTimeline:
             if name not in CATEGORIES:
                 raise ValueError(f"unknown category {name!r}; the categories are {CATEGORIES}")
             _check_bytes(name, value)
-        for name, value in (("measured", measured), ("measured_peak", measured_peak)):
-            if value is not None:
-                _check_bytes(name, value)
+        for name, optional in (("measured", measured), ("measured_peak", measured_peak)):
+            if optional is not None:
+                _check_bytes(name, optional)
         event = MemoryEvent(label, measured=measured, measured_peak=measured_peak, **bytes_by_category)
         self._events.append(event)
         return event

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from qlora_lessons.blockwise import check_blocksize, check_float_tensor
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.nf4 import QUANT_TYPES, dequantize_4bit, quantize_4bit
 
 
@@ -110,7 +111,7 @@ def plot_merge_retention(results: Mapping[float, MergeRetention]):
     Shapes: results maps a label (e.g. the scale k of k dW) to a MergeRetention -> a figure.
     Example: ``plot_merge_retention({k: merge_retention(W4, [k * d for d in dW]) for k in (1, 4, 16)})``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not results or not all(isinstance(r, MergeRetention) for r in results.values()):
         raise TypeError("results must map labels to MergeRetention objects (what merge_retention returns)")

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.evaluate import generate_answers, normalize_answer
 from qlora_lessons.qlora_memory import TrainingMemory
 
@@ -29,7 +30,7 @@ def plot_training_memory(memories: Mapping[str, TrainingMemory]):
     Shapes: memories maps a label to a TrainingMemory -> a figure with one bar per label.
     Example: ``plot_training_memory({"full": count_training_memory(model, optimizer)})``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not memories or not all(isinstance(m, TrainingMemory) for m in memories.values()):
         raise TypeError("memories must map labels to TrainingMemory objects (what count_training_memory returns)")

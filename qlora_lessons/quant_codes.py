@@ -25,6 +25,7 @@ import statistics
 import torch
 
 from qlora_lessons.blockwise import blockwise_absmax_scale, check_blocksize, check_float_tensor, nearest_code
+from qlora_lessons.course_extra import course_import
 from qlora_lessons.nf4 import NF4_OFFSET
 
 PINNED = (-1.0, 0.0, 1.0)  # levels every code here keeps exact: a block's own absmax, and zero
@@ -182,7 +183,7 @@ def plot_offset_sweep(offsets: torch.Tensor, snr_db: torch.Tensor, mark: float =
     Shapes: offsets (k,), snr_db (k,) -> a figure (closed, so a notebook shows it once).
     Example: ``plot_offset_sweep(torch.linspace(0.85, 0.99, 15), snrs)``.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     offsets, snr_db = torch.as_tensor(offsets, dtype=torch.float64), torch.as_tensor(snr_db, dtype=torch.float64)
     if offsets.dim() != 1 or offsets.shape != snr_db.shape:

@@ -44,7 +44,8 @@ def roundtrip_weight(w: torch.Tensor, method: str, blocksize: int = 64) -> torch
 
 def quantizable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """The model's ``nn.Linear`` layers except an output head that shares its weight with the embedding."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output_embeddings = getattr(model, "get_output_embeddings", None)  # a transformers model's method
+    head = output_embeddings() if output_embeddings is not None else None
     tied = head.weight if head is not None else None
     return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.weight is not tied}
 

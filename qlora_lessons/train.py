@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from qlora_lessons.course_extra import course_import
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -200,7 +202,7 @@ def plot_loss_curves(curves, *, window: int = 1, difference: bool = False, title
     ``difference=True`` a second panel shows every run minus the first one.
     Example: ``plot_loss_curves({"full": full_run, "LoRA": lora_run}, window=10)`` -> a Figure.
     """
-    import matplotlib.pyplot as plt
+    plt = course_import("matplotlib.pyplot")
 
     if not isinstance(curves, dict) or not curves:
         raise ValueError("curves must map at least one label to a TrainResult or a sequence of losses")

@@ -116,3 +116,31 @@ def test_bad_arguments_are_named():
         resolve_model_path("")
     with pytest.raises(TypeError, match="compute_dtype"):
         load_model(quantization="nf4", compute_dtype=torch.int8)
+    with pytest.raises(TypeError, match="tokenizer"):
+        load_model(tokenizer="yes")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_folder_without_tokenizer_files_is_named_or_loaded_without_tokenizer(tmp_path, family):
+    """A model saved from its config has weights and no tokenizer: Llama used to fail inside sentencepiece, Qwen2
+    to load a tokenizer of one token that reads every text as nothing."""
+    from transformers import AutoModelForCausalLM
+
+    from any_models import tiny_configs
+
+    saved = AutoModelForCausalLM.from_config(tiny_configs()[family])
+    saved.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError) as raised:
+        load_model(tmp_path, device="cpu")
+    assert str(tmp_path) in str(raised.value) and "tokenizer.json" in str(raised.value)
+    assert "tokenizer=False" in str(raised.value)
+    model = load_model(tmp_path, device="cpu", tokenizer=False)
+    assert type(model) is type(saved) and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
+
+
+def test_the_course_model_loads_alone_or_with_its_tokenizer():
+    model = load_model(device="cpu", tokenizer=False)
+    with_tokenizer, tokenizer = load_model(device="cpu")
+    assert isinstance(model, torch.nn.Module) and len(tokenizer) == with_tokenizer.config.vocab_size
+    assert count_model_parameters(model) == count_model_parameters(with_tokenizer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 
@@ -28,7 +29,7 @@ def report(name: str, ok: bool, hint: str = "") -> bool:
     return bool(ok)
 
 
-def is_number(answer: object) -> bool:
+def is_number(answer: object) -> TypeGuard[int | float]:
     """True for an int or a float (not a bool): what a numeric answer must be before it is compared."""
     return isinstance(answer, (int, float)) and not isinstance(answer, bool)
 

@@ -25,7 +25,7 @@ def _layer_with(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float
     return layer
 
 
-def _cases() -> list[tuple[torch.Tensor, ...]]:
+def _cases() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
     generator = torch.Generator().manual_seed(4)
     cases = []
     for n_in, n_out, r, alpha in ((6, 5, 2, 4.0), (16, 8, 4, 16.0), (8, 12, 1, 1.0)):
