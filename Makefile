@@ -1,6 +1,11 @@
 # The two commands of the README:
 #   make course   set up a virtual environment (first run only) and open the course in JupyterLab
 #   make test     set up the same environment and run the whole test suite (library tests and every notebook)
+# and, for a workshop in a room without reliable Wi-Fi (workshop/README.md):
+#   make wheelhouse   download every wheel the course needs into wheelhouse/ (for a USB stick or a local share);
+#                     PLATFORM and PYTHON_VERSION pick another machine's wheels, e.g.
+#                     make wheelhouse PLATFORM=macosx_11_0_arm64 PYTHON_VERSION=3.11
+#   make course       with wheelhouse/ present, installs from it alone (pip --no-index): no network needed
 # and, for maintainers (CONTRIBUTING.md):
 #   make test-portable   the notebooks again as other machines run them: torch's plain (non-vectorized) CPU
 #                        kernels, and one thread; VARIANT=kernels or VARIANT=threads runs one of the two,
@@ -16,26 +21,39 @@ TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 VARIANT ?= kernels threads
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.qlora-lessons-installed
-PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# the course's packages as wheels: `make wheelhouse` fills it; when it holds wheels, installs use it and no index
+WHEELHOUSE ?= wheelhouse
+PLATFORM ?=
+PYTHON_VERSION ?=
+# where the CPU build of torch comes from (PyPI's Linux torch is the CUDA build, several GB with its libraries)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+OFFLINE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE))
+PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(OFFLINE)
+# the extra `make course` installs: dev (the course and its test tools); from a wheelhouse, course (what it holds)
+COURSE_EXTRA := $(if $(OFFLINE),course,dev)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOWNLOAD := $(PYTHON) -m pip download --quiet --only-binary=:all: --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) \
+	$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION) \
+	--implementation cp) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Settings that make this CPU compute like another one (see CONTRIBUTING.md, "Other machines").
 PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install gpu-check clean-venv
+.PHONY: course test test-portable install gpu-check clean-venv wheelhouse
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# $(VENV)/.qlora-lessons-dev: the environment with the dev extra installed (-course: the course extra)
+$(VENV)/.qlora-lessons-%: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade $(OFFLINE) pip
 	$(PIP) $(TORCH)
-	$(PIP) -e ".[dev]"
-	touch $(STAMP)
+	$(PIP) -e ".[$*]"
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.qlora-lessons-dev
 
-course: install
+course: $(VENV)/.qlora-lessons-$(COURSE_EXTRA)
 	$(BIN)/python -m qlora_lessons
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 
@@ -59,3 +77,12 @@ gpu-check: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# torch first, from TORCH_INDEX (the CPU build); then the course's own wheel with the course extra and everything
+# below it, at the versions of constraints.txt; pip and setuptools too (an editable install builds with setuptools)
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) .
+	$(DOWNLOAD) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
+	$(DOWNLOAD) pip setuptools wheel "$(WHEELHOUSE)/qlora_lessons-$(VERSION)-py3-none-any.whl[course]"
+	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1)"
