@@ -3,8 +3,10 @@
 #   make test     set up the same environment and run the whole test suite (library tests and every notebook)
 # and, for a workshop in a room without reliable Wi-Fi (workshop/README.md):
 #   make wheelhouse   download every wheel the course needs into wheelhouse/ (for a USB stick or a local share);
-#                     PLATFORM and PYTHON_VERSION pick another machine's wheels, e.g.
-#                     make wheelhouse PLATFORM=macosx_11_0_arm64 PYTHON_VERSION=3.11
+#                     PLATFORM (one or more wheel platform tags) and PYTHON_VERSION pick another machine's wheels,
+#                     e.g. make wheelhouse PYTHON_VERSION=3.12 PLATFORM="manylinux_2_28_x86_64 manylinux_2_17_x86_64"
+#                     (pip evaluates dependency markers for the machine it runs on: build a macOS or Windows
+#                     wheelhouse on a machine of that system, with PLATFORM left empty; workshop/README.md)
 #   make course       with wheelhouse/ present, installs from it alone (pip --no-index): no network needed
 # and, for maintainers (CONTRIBUTING.md):
 #   make test-portable   the notebooks again as other machines run them: torch's plain (non-vectorized) CPU
@@ -33,7 +35,7 @@ PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS
 COURSE_EXTRA := $(if $(OFFLINE),course,dev)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOWNLOAD := $(PYTHON) -m pip download --quiet --only-binary=:all: --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) \
-	$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION) \
+	$(foreach tag,$(PLATFORM),--platform $(tag)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION) \
 	--implementation cp) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Settings that make this CPU compute like another one (see CONTRIBUTING.md, "Other machines").
