@@ -10,7 +10,7 @@ It runs, in this order and on the CPU, what the lessons need and what goes wrong
 4. JupyterLab and ipywidgets import, and the widgets extension of JupyterLab is installed.
 
 Each check prints one line (``ok``/``FAIL``, what it found, its seconds); the last line is ``PASS`` or
-``FAIL: <what> — <what to do>``, and the exit status is 0 or 1. It takes a few seconds (imports, mostly).
+``FAIL: <what> — <what to do>``, and the exit status is 0 or 1. It takes 10 to 20 seconds, mostly imports.
 
 Example::
 
