@@ -138,7 +138,7 @@ def table(times: dict) -> str:
         exercises = sum(s["exercises"] for s in entry["sections"])
         lines.append(f"| {entry['title']} | {human(entry['seconds'])} | {cells} | {exercises} |")
     total = sum(entry["seconds"] for entry in times["lessons"])
-    lines += [f"| **All lessons** | **{human(total)}** | | |", ""]
+    lines += [f"| **All notebooks** | **{human(total)}** | | |", ""]
     for entry in times["lessons"]:
         lines += [f"## {entry['title']}", "", f"`notebooks/{entry['notebook']}`: {human(entry['seconds'])} in all, "
                   f"{human(entry['cells_seconds'])} in its cells.", "",
