@@ -1,6 +1,14 @@
 # The two commands of the README:
 #   make course   set up a virtual environment with the course extra (first run only) and open the course in JupyterLab
-#   make test     add the test tools (the dev extra) and run the whole test suite (library tests and every notebook)
+#   make test     add the test tools (the dev and site extras) and run the whole test suite (library tests and every
+#                 notebook)
+# and, for a workshop in a room without reliable Wi-Fi (workshop/README.md):
+#   make wheelhouse   download every wheel the course needs into wheelhouse/ (for a USB stick or a local share);
+#                     PLATFORM (one or more wheel platform tags) and PYTHON_VERSION pick another machine's wheels,
+#                     e.g. make wheelhouse PYTHON_VERSION=3.12 PLATFORM="manylinux_2_28_x86_64 manylinux_2_17_x86_64"
+#                     (pip evaluates dependency markers for the machine it runs on: build a macOS or Windows
+#                     wheelhouse on a machine of that system, with PLATFORM left empty; workshop/README.md)
+#   make course       with wheelhouse/ present, installs from it alone (pip --no-index): no network needed
 # and, for maintainers (CONTRIBUTING.md):
 #   make site            the course website from the committed, executed notebooks (nothing is executed), into
 #                        site/_build/html: open site/_build/html/index.html, or copy the folder anywhere (it reads
@@ -19,50 +27,50 @@ TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 VARIANT ?= kernels threads
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.qlora-lessons-installed
-SITE_STAMP := $(VENV)/.qlora-lessons-site-installed
-COURSE_STAMP := $(VENV)/.qlora-lessons-course
-PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# the course's packages as wheels: `make wheelhouse` fills it; when it holds wheels, installs use it and no index
+WHEELHOUSE ?= wheelhouse
+PLATFORM ?=
+PYTHON_VERSION ?=
+# where the CPU build of torch comes from (PyPI's Linux torch is the CUDA build, several GB with its libraries)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+OFFLINE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE))
+PIP := $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(OFFLINE)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOWNLOAD := $(PYTHON) -m pip download --quiet --only-binary=:all: --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) \
+	$(foreach tag,$(PLATFORM),--platform $(tag)) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION) \
+	--implementation cp) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # Settings that make this CPU compute like another one (see CONTRIBUTING.md, "Other machines").
 PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install install-course gpu-check clean-venv site
+.PHONY: course test test-portable install install-course gpu-check clean-venv site wheelhouse
 
-$(BIN)/python:
+# $(VENV)/.qlora-lessons-course: the environment with the course extra installed (JupyterLab, ipywidgets,
+# matplotlib); -dev: the course and its test tools (the dev extra includes the course extra)
+$(VENV)/.qlora-lessons-%: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-
-# The course: the library and its course extra (JupyterLab, ipywidgets, matplotlib).
-$(COURSE_STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade $(OFFLINE) pip
 	$(PIP) $(TORCH)
-	$(PIP) -e ".[course]"
-	touch $(COURSE_STAMP)
+	$(PIP) -e ".[$*]"
+	touch $@
 
-# The course and the test tools (the dev extra, which includes the course extra).
-$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) $(TORCH)
-	$(PIP) -e ".[dev]"
-	touch $(STAMP) $(COURSE_STAMP)
+install-course: $(VENV)/.qlora-lessons-course
 
-install-course: $(COURSE_STAMP)
-
-install: $(STAMP)
+install: $(VENV)/.qlora-lessons-dev
 
 # The website's tools (pyproject.toml's site extra: Sphinx, myst-nb, furo, MathJax, Playwright for the browser
 # test) are for `make site` and `make test`, not for a learner's `make course`: Playwright alone is 165 MB.
-$(SITE_STAMP): $(STAMP)
+$(VENV)/.qlora-lessons-site: $(VENV)/.qlora-lessons-dev
 	$(PIP) -e ".[dev,site]"
-	touch $(SITE_STAMP)
-
+	touch $@
 
 course: install-course
 	$(BIN)/python -m qlora_lessons
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 
-test: install $(SITE_STAMP)
+test: install $(VENV)/.qlora-lessons-site
 	$(BIN)/python -m pytest
 
 test-portable: install
@@ -77,7 +85,7 @@ test-portable: install
 	  env $$settings $(BIN)/python -m pytest notebooks || exit $$?; \
 	done
 
-site: $(SITE_STAMP)
+site: $(VENV)/.qlora-lessons-site
 	$(BIN)/python -m sphinx -b html -q -d site/_build/doctrees site site/_build/html
 	@echo "site: site/_build/html/index.html"
 
@@ -86,3 +94,12 @@ gpu-check: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# torch first, from TORCH_INDEX (the CPU build); then the course's own wheel with the course extra and everything
+# below it, at the versions of constraints.txt; pip and setuptools too (an editable install builds with setuptools)
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) .
+	$(DOWNLOAD) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
+	$(DOWNLOAD) pip setuptools wheel "$(WHEELHOUSE)/qlora_lessons-$(VERSION)-py3-none-any.whl[course]"
+	@echo "$(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1)"

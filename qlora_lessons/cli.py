@@ -1,4 +1,5 @@
-"""The command line: ``qlora-lessons env`` (the environment report) and ``qlora-lessons memory MODEL`` ("does it fit?").
+"""The command line: ``qlora-lessons env`` (the environment report), ``qlora-lessons memory MODEL`` ("does it fit?")
+and ``qlora-lessons --check`` (the pre-flight check before a workshop, ``qlora_lessons.preflight``).
 
 ``qlora-lessons memory llama-3.1-8b --method qlora --lora-r 16 --seq-len 2048 --gradient-checkpointing``
 prints the estimate of one training step part by part, its peak, which common GPU sizes hold it, and
@@ -39,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qlora-lessons", description="The qlora-lessons course: environment report and "
                      "training-memory calculator. Without a command, prints the environment report.")
+    parser.add_argument("--check", action="store_true", help="the pre-flight check before a workshop: install, course "
+                        "model, bitsandbytes on this CPU, JupyterLab and widgets; ends with PASS or FAIL (exit 0/1)")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     commands.add_parser("env", help="print versions, the CUDA device and the course mode",
                         description="Print python, torch, transformers, peft, bitsandbytes versions, the CUDA "
@@ -217,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``qlora-lessons`` and ``python -m qlora_lessons``; errors exit with status 2."""
     parser = _parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.check:
+        from qlora_lessons.preflight import main as preflight
+
+        raise SystemExit(preflight())
     if args.command in (None, "env"):
         from qlora_lessons.env import main as env_main
 

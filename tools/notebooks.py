@@ -78,17 +78,26 @@ def _poll_in_short_slices() -> None:
     AsyncZMQSocketChannel.get_msg = get_msg
 
 
-def execute(path: Path, timeout: int) -> float:
+def run(nb: nbformat.NotebookNode, directory: Path, timeout: int) -> float:
+    """Execute ``nb`` in place in a fresh kernel (CPU mode, offline, working directory ``directory``).
+
+    Returns the wall time in seconds, kernel start included; each code cell keeps nbclient's timestamps in
+    ``metadata.execution`` until ``clean`` drops them (tools/workshop_times.py reads them).
+    """
     from nbclient import NotebookClient
 
     _poll_in_short_slices()
-    nb = nbformat.read(path, as_version=4)
     os.environ.update(QLORA_LESSONS_MODE="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                       TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    seconds = time.perf_counter() - start
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                   resources={"metadata": {"path": str(directory)}}).execute()
+    return time.perf_counter() - start
+
+
+def execute(path: Path, timeout: int) -> float:
+    nb = nbformat.read(path, as_version=4)
+    seconds = run(nb, path.parent, timeout)
     nbformat.write(clean(nb), path)
     return seconds
 
