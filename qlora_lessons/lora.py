@@ -3,11 +3,13 @@
 The layer itself, h = W0 x + (alpha / r) B A x, is ``lora_layer.LoRALinear`` (re-exported here).
 This module does what peft's ``get_peft_model`` does, by hand:
 
-- ``add_lora(model, target_modules, r, alpha, dropout)``: replace the targeted ``nn.Linear`` modules
-  in place by ``LoRALinear`` and freeze every other parameter. Targets are matched like peft's: a
-  name matches a layer whose full name equals it or ends in ``.name``; ``"all-linear"`` takes every
-  linear layer except the output head (peft's ``_maybe_include_all_linear_layers`` also leaves out
-  ``get_output_embeddings()``, the ``lm_head``).
+- ``add_lora(model, target_modules, r, lora_alpha, lora_dropout)`` (peft's names): replace the targeted
+  ``nn.Linear`` (and GPT-2 ``Conv1D``) modules in place by ``LoRALinear``, freeze every other parameter.
+  Targets are matched like peft's: a name matches a layer whose full name equals it or ends in
+  ``.name``; ``"all-linear"`` takes every linear layer except the output head (peft's
+  ``_maybe_include_all_linear_layers`` also leaves out ``get_output_embeddings()``, the ``lm_head``).
+  MoE experts stored as 3-D tensors are not linear layers: ``"all-linear"`` warns that it leaves them
+  out (``lora_coverage``).
 - ``count_trainable(model)``: trainable against total parameters; ``count_lora_params`` before adding.
 - Several named adapters on one frozen base: ``add_lora(..., adapter_name="b")``, ``set_adapter``,
   ``adapter_names``, and ``disable_adapter`` to run the base alone.
@@ -25,13 +27,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from qlora_lessons.lora_layer import LoRALinear, check_lora_hyperparameters
+from qlora_lessons.lora_coverage import warn_left_out
+from qlora_lessons.lora_layer import LoRALinear, check_lora_hyperparameters, is_conv1d, linear_features
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 ALL_LINEAR = "all-linear"  # peft's INCLUDE_LINEAR_LAYERS_SHORTHAND
 
 __all__ = ["ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_lora_params",
            "count_trainable", "disable_adapter", "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora",
-           "set_adapter", "unmerge_lora"]
+           "parameter_count", "set_adapter", "unmerge_lora"]
 
 
 def _check_model(model: nn.Module) -> None:
@@ -50,14 +54,15 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Full names of the layers ``add_lora`` can target: ``nn.Linear`` and ``LoRALinear`` (not their inner base).
+    """Full names of the layers ``add_lora`` can target: ``nn.Linear``, ``Conv1D``, ``LoRALinear`` (not its base).
 
     Example: a 2-layer Llama -> 15 names, ``"model.layers.0.self_attn.q_proj"`` ... ``"lm_head"``.
     """
     _check_model(model)
     wrapped = lora_layers(model)
     return [name for name, module in model.named_modules()
-            if name and (name in wrapped or (isinstance(module, nn.Linear) and name.rpartition(".")[0] not in wrapped))]
+            if name and (name in wrapped or ((isinstance(module, nn.Linear) or is_conv1d(module))
+                                              and name.rpartition(".")[0] not in wrapped))]
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -80,9 +85,11 @@ def _describe_linear_layers(names: list[str]) -> str:
     return f"{leaves}; full names look like {names[0]!r}" if names else "none"
 
 
-def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str], warn: str = "") -> list[str]:
     candidates = linear_layer_names(model)
     if target_modules == ALL_LINEAR:
+        if warn:
+            warn_left_out(model, warn)
         head = _output_head(model)
         if not [name for name in candidates if name != head]:
             raise ValueError(f"{type(model).__name__} has no linear layer besides its output head to adapt")
@@ -103,11 +110,10 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
 
 def _check_rank_fits(model: nn.Module, names: list[str], r: int) -> None:
     for name in names:
-        layer = model.get_submodule(name)
-        smallest = min(layer.in_features, layer.out_features)
-        if r > smallest:
-            raise ValueError(f"r must be <= min(in_features, out_features) = {smallest} for {name} "
-                             f"({layer.in_features} -> {layer.out_features}), got r={r}")
+        in_features, out_features = linear_features(model.get_submodule(name))
+        if r > min(in_features, out_features):
+            raise ValueError(f"r must be <= min(in_features, out_features) = {min(in_features, out_features)} for "
+                             f"{name} ({in_features} -> {out_features}), got r={r}")
 
 
 def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8) -> int:
@@ -123,38 +129,39 @@ def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("
     check_lora_hyperparameters(r, 1.0, 0.0)
     names = _resolve_targets(model, target_modules)
     _check_rank_fits(model, names, r)
-    return sum(r * (layer.in_features + layer.out_features) for layer in map(model.get_submodule, names))
+    return sum(r * sum(linear_features(layer)) for layer in map(model.get_submodule, names))
 
 
+@renamed_arguments(alpha="lora_alpha", dropout="lora_dropout", targets="target_modules")
 def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8,
-             alpha: float = 16, dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
+             lora_alpha: float = 16, lora_dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
     """Put a LoRA adapter on the targeted linear layers, in place; freeze everything else; return the model.
 
-    Equation: each targeted layer becomes h = W0 x + (alpha / r) B A dropout(x); only A and B train.
+    Equation: each targeted layer becomes h = W0 x + (lora_alpha / r) B A dropout(x); only A and B train.
     Shapes: a layer with W0 (out, in) gets lora_A (r, in) and lora_B (out, r).
-    Example: ``add_lora(model, ["q_proj", "v_proj"], r=4, alpha=8)`` on a 2-layer Llama with hidden 64
+    Example: ``add_lora(model, ["q_proj", "v_proj"], r=4, lora_alpha=8)`` on a 2-layer Llama with hidden 64
     -> 4 LoRALinear layers, 4 * 4 * (64 + 64) = 2,048 trainable parameters.
     Called again with a new ``adapter_name``, it adds a second adapter on the same frozen base and makes
     it the active (and only trainable) one.
     """
     _check_model(model)
-    check_lora_hyperparameters(r, alpha, dropout)
+    check_lora_hyperparameters(r, lora_alpha, lora_dropout)
     if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
         raise ValueError(f"adapter_name must be a Python identifier such as 'default', got {adapter_name!r}")
     if adapter_name in adapter_names(model):
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; adapters: {adapter_names(model)}")
     if any(layer.merged_adapter is not None for layer in lora_layers(model).values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
-    names = _resolve_targets(model, target_modules)
+    names = _resolve_targets(model, target_modules, warn="add_lora('all-linear') adapts")
     _check_rank_fits(model, names, r)  # every check before the first change, so a bad call leaves the model alone
     model.requires_grad_(False)
     for name in names:
         layer = model.get_submodule(name)
         if isinstance(layer, LoRALinear):
-            layer.add_adapter(adapter_name, r, alpha, dropout)
+            layer.add_adapter(adapter_name, r, lora_alpha, lora_dropout)
         else:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, LoRALinear(layer, r, alpha, dropout, adapter_name))
+            setattr(model.get_submodule(parent), child, LoRALinear(layer, r, lora_alpha, lora_dropout, adapter_name))
     set_adapter(model, adapter_name)
     return model
 
@@ -252,20 +259,31 @@ class TrainableCount:
                 f"{_human_bytes(self.trainable_bytes)}")
 
 
+def parameter_count(parameter: nn.Parameter) -> int:
+    """The number of weights a parameter holds: its numel, or for a bitsandbytes 4-bit weight the original out * in.
+
+    bitsandbytes' ``Params4bit`` stores two 4-bit codes per uint8 byte, so its ``numel()`` is half the weights
+    (``quant_state.shape`` keeps the real shape). Example: a 4-bit (64, 64) weight -> 4,096, not 2,048.
+    """
+    state = getattr(parameter, "quant_state", None)
+    return int(state.shape.numel()) if state is not None and hasattr(state, "shape") else parameter.numel()
+
+
 def count_trainable(model: nn.Module) -> TrainableCount:
     """Count the parameters with ``requires_grad`` against all parameters (shared ones once, as peft does).
 
     Equation: fraction = trainable / total; with LoRA, trainable = sum over adapted layers of r (in + out).
+    A 4-bit weight (bitsandbytes ``Params4bit``) counts its out * in weights (``parameter_count``), not its bytes.
     Shapes: a model in, a TrainableCount out.
     Example: a 2-layer Llama (hidden 64, MLP 128, vocab 100) after ``add_lora(model, r=4)`` on q_proj, v_proj ->
     ``trainable 2,048 of 97,088 parameters (2.11%), 8.19 kB``.
     """
     _check_model(model)
     parameters = list(model.parameters())  # deduplicated: tied weights count once
-    total = sum(p.numel() for p in parameters)
+    total = sum(map(parameter_count, parameters))
     if total == 0:
         raise ValueError(f"model {type(model).__name__} has no parameters")
     trainable = [p for p in parameters if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
+    n_trainable = sum(map(parameter_count, trainable))
     return TrainableCount(trainable=n_trainable, total=total, fraction=n_trainable / total,
                           trainable_bytes=sum(p.numel() * p.element_size() for p in trainable))

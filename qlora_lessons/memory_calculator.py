@@ -83,7 +83,7 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
     return ax
 
 
-CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", lora_r=8,
+CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", r=8,
                         targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False, config="")
 YOUR_MODEL = "your model (paste config.json)"
 CALCULATOR_MODELS = (*MODEL_NAMES, *(name for name in PRESET_NAMES if name not in MODEL_NAMES), YOUR_MODEL)
@@ -125,7 +125,7 @@ def plot_memory_calculator(**knobs):
         model = pasted_config(values["config"])
     targets = "all-linear" if values["targets"] == "all-linear" else tuple(values["targets"].split(", "))
     estimate = estimate_training_memory(model, method=values["method"], weight_dtype=DTYPES[values["dtype"]],
-                                        optimizer=values["optimizer"], lora_r=values["lora_r"], lora_targets=targets,
+                                        optimizer=values["optimizer"], r=values["r"], target_modules=targets,
                                         batch_size=values["batch_size"], seq_len=values["seq_len"],
                                         gradient_checkpointing=values["checkpointing"])
     name = values["model"] if values["model"] != YOUR_MODEL else f"your {model['model_type']}"
@@ -149,7 +149,7 @@ def memory_calculator():
         "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
         "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
-        "lora_r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["lora_r"], description="LoRA rank"),
+        "r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["r"], description="LoRA rank"),
         "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["targets"],
                                     description="LoRA on"),
         "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch"),

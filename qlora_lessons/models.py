@@ -85,6 +85,10 @@ def load_model(model_id: str = COURSE_MODEL, quantization: str | None = None, do
         model.to(target)
     elif target.type == "cpu":
         keep_4bit_training_layout(model)
+    if quantization is not None:  # bitsandbytes replaces nn.Linear layers only: say what stays in 16 bits
+        from qlora_lessons.lora_coverage import warn_left_out
+
+        warn_left_out(model, "loading in 4 bits (BitsAndBytesConfig) quantizes")
     if tokenizer.pad_token is None:  # many hub models have none; generation needs one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
