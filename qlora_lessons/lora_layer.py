@@ -161,6 +161,10 @@ class LoRALinear(nn.Module):
             return result
         adapter = self.adapters[self.active_adapter]
         update = adapter(x.to(adapter.lora_A.dtype))  # (..., out); peft casts the input to A's dtype too
+        if not self.base_layer.weight.dtype.is_floating_point:
+            # A 4-bit (bitsandbytes) base, as peft's lora.bnb.Linear4bit: the update is rounded to the output's dtype
+            # first and added there (a 16-bit sum), not added in float32 and rounded after (lora.Linear's order).
+            return result + update.to(result.dtype)
         return (result + update).to(result.dtype)
 
     def merge(self) -> None:
