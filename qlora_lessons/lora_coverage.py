@@ -15,9 +15,11 @@ What the reference stack does with them (transformers 5.24, peft 0.21, bitsandby
   For other MoE types (OLMoE) ``"all-linear"`` leaves the experts out, silently.
 - ``BitsAndBytesConfig(load_in_4bit=True)`` replaces ``nn.Linear`` layers only: the experts stay 16-bit.
 
-This library adapts and quantizes linear layers only, so where a model has such matrices, ``add_lora``
-(with ``"all-linear"``), ``prepare_qlora`` and 4-bit loading warn with a ``LeftOutWarning`` that names them
-and their share of the model's parameters. ``matrices_outside_linear_layers(model)`` lists them.
+Here ``add_lora(..., target_parameters=[...])`` adapts such tensors as peft does (``lora_experts``), and
+``"all-linear"`` means the linear layers; where a model has tensors it is not told to adapt, ``add_lora``
+(with ``"all-linear"``) warns with a ``LeftOutWarning`` that names them and their share of the model's
+parameters. ``prepare_qlora`` and 4-bit loading quantize linear layers only and warn the same way.
+``matrices_outside_linear_layers(model)`` lists the tensors.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 
 from torch import nn
 
+from qlora_lessons.lora_experts import LoRAParameter
 from qlora_lessons.lora_layer import LoRAAdapter, is_conv1d
 
 
@@ -46,14 +50,16 @@ def matrices_outside_linear_layers(model: nn.Module) -> dict[str, tuple[int, ...
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inside_adapters = {id(p) for m in model.modules() if isinstance(m, LoRAAdapter) for p in m.parameters()}
+    inside_adapters = {id(p) for m in model.modules() if isinstance(m, (LoRAAdapter, LoRAParameter))
+                       for p in m.parameters()}
     found = {}
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)) or is_conv1d(module):
             continue
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.dim() >= 2 and id(parameter) not in inside_adapters:
-                found[f"{module_name}.{name}" if module_name else name] = tuple(parameter.shape)
+                full = f"{module_name}.{name}" if module_name else name
+                found[full.replace(".parametrizations.", ".").removesuffix(".original")] = tuple(parameter.shape)
     return found
 
 
@@ -63,20 +69,24 @@ def describe_matrices(matrices: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{group} x{count}" if count > 1 else group for group, count in groups.items())
 
 
-def warn_left_out(model: nn.Module, what: str) -> dict[str, tuple[int, ...]]:
+def warn_left_out(model: nn.Module, what: str, covered: Sequence[str] = ()) -> dict[str, tuple[int, ...]]:
     """Warn (``LeftOutWarning``) if ``model`` has matrices outside linear layers; ``what`` says what skips them.
+
+    ``covered``: full names of tensors that are taken care of anyway (``add_lora(target_parameters=...)``).
 
     Returns ``matrices_outside_linear_layers(model)``. Example: ``warn_left_out(mixtral, "add_lora('all-linear')
     adapts")`` warns "add_lora('all-linear') adapts linear layers only; left out: 6 weight matrices (71.3% of
     the parameters): experts.gate_up_proj (4, 192, 64) x2, ...".
     """
-    matrices = matrices_outside_linear_layers(model)
+    matrices = {k: v for k, v in matrices_outside_linear_layers(model).items() if k not in covered}
     if matrices:
         total = sum(p.numel() for p in model.parameters())
         share = sum(math.prod(shape) for shape in matrices.values()) / max(total, 1)
+        leaves = sorted({".".join(name.split(".")[-2:]) for name in matrices})
         warnings.warn(f"{what} linear layers only; left out: {len(matrices)} weight matrices ({share:.1%} of the "
                       f"parameters) that are not linear layers: {describe_matrices(matrices)}. In a Mixture of "
-                      "Experts these are the experts and the router; peft adapts them with "
-                      "LoraConfig(target_parameters=[...]), which this library does not implement, and bitsandbytes "
-                      "keeps them in 16 bits.", LeftOutWarning, stacklevel=3)
+                      f"Experts these are the experts and the router: add_lora(..., target_parameters={leaves}) "
+                      "adapts them, as peft's LoraConfig(target_parameters=...) does (peft's 'all-linear' adds them "
+                      "itself for Mixtral and Qwen-MoE types, with rank 2r on gate_up_proj); bitsandbytes and "
+                      "prepare_qlora keep them in 16 bits.", LeftOutWarning, stacklevel=3)
     return matrices

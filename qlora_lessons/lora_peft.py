@@ -11,7 +11,8 @@ Because ``LoRALinear`` uses peft's layouts, saving is renaming: ``peft.PeftModel
 path)`` then gives the same outputs as the model here. GPT-2's ``Conv1D`` layers are saved with
 ``fan_in_fan_out=True``, as peft does; A and B have the same layouts either way. Left out: peft's
 per-layer ``rank_pattern`` and ``alpha_pattern`` (one r and alpha per adapter here), rsLoRA, DoRA,
-trained biases and ``target_parameters`` (MoE experts stored as 3-D tensors; see ``lora_coverage``).
+and trained biases. Adapters on tensors (``target_parameters``: MoE experts, ``lora_experts``) are saved
+under peft's nested ``ParamWrapper`` names; ``load_peft_adapter`` does not load them back (peft does).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from qlora_lessons.lora import adapter_names, add_lora, lora_layers
+from qlora_lessons.lora_experts import parameter_adapters, peft_keys
 
 CONFIG_NAME = "adapter_config.json"  # peft.utils.constants.CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"  # peft.utils.constants.SAFETENSORS_WEIGHTS_NAME
@@ -68,20 +70,27 @@ def save_as_peft(model: nn.Module, path: str | Path, adapter_name: str | None = 
         raise ValueError(f"no adapter named {adapter_name!r}; the model has {names}")
     layers = {name: layer.adapters[adapter_name] for name, layer in lora_layers(model).items()
               if adapter_name in layer.adapters}
+    tensors = {name: p for name, p in parameter_adapters(model).items() if p.adapter_name == adapter_name}
     settings = {(a.r, a.alpha, getattr(a.dropout, "p", 0.0)) for a in layers.values()}
+    settings |= {(p.r, p.alpha, 0.0) for p in tensors.values()}
     if len(settings) != 1:
         raise ValueError(f"adapter {adapter_name!r} has several (r, alpha, dropout) settings {sorted(settings)}; "
                          "peft's format needs rank_pattern/alpha_pattern for that, which save_as_peft does not write")
     r, alpha, dropout = settings.pop()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {}
+    parametrized, tensors = tensors, {}
     for name, adapter in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.lora_A.detach().cpu().contiguous()  # (r, in)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.lora_B.detach().cpu().contiguous()  # (out, r)
+    for name, key in peft_keys(model, adapter_name).items():  # MoE experts: A (E r, in), B (out, E r)
+        tensors[f"{PREFIX}{key}.lora_A.weight"] = parameter_adapters(model)[name].lora_A.detach().cpu().contiguous()
+        tensors[f"{PREFIX}{key}.lora_B.weight"] = parameter_adapters(model)[name].lora_B.detach().cpu().contiguous()
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
     config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_target_modules(model, list(layers)),
+        r=r, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=_target_modules(model, list(layers)) if layers else [],
+        target_parameters=sorted(parametrized) or None,
         fan_in_fan_out=any(lora_layers(model)[name].fan_in_fan_out for name in layers),  # GPT-2's Conv1D
         task_type="CAUSAL_LM" if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) else None,
         base_model_name_or_path=getattr(model, "name_or_path", None) or None,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from qlora_lessons.lora import ALL_LINEAR, _human_bytes, count_lora_params
+from qlora_lessons.lora import ALL_LINEAR, count_lora_params
+from qlora_lessons.lora_count import _human_bytes
 from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:  # matplotlib and ipywidgets are imported when a picture is drawn, not when the course is imported
@@ -47,7 +48,7 @@ def describe_lora_size(model: nn.Module, target_modules: str | Sequence[str], r:
     Equation: scaling = alpha / r; added = sum over targets of r (in + out); share = added / (model + added),
     as ``count_trainable`` would report after ``add_lora``; bytes = added * 4 (float32) or * 2 (16-bit).
     Shapes: a model in, a string out.
-    Example: the course model, ("q_proj", "v_proj"), r=4, alpha=8 -> ``"scaling alpha / r = 2; adds 16,384
+    Example: the course model, ("q_proj", "v_proj"), r=4, lora_alpha=8 -> ``"scaling alpha / r = 2; adds 16,384
     parameters, 0.58% of 2,822,144; adapter 65.54 kB in float32, 32.77 kB in 16 bits"``.
     """
     added = count_lora_params(model, target_modules, r)  # checks the model, the targets and r

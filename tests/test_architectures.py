@@ -68,13 +68,6 @@ def peft_layers(model) -> tuple[set[str], set[str]]:
     return linear, parameters
 
 
-def randomize_b(model, seed: int = 1) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.1)
-
-
 def trains(model) -> None:
     """A forward and backward pass; every trainable tensor gets a gradient, and only those."""
     model(IDS, labels=IDS).loss.backward()
@@ -116,8 +109,18 @@ def _in_param_wrapper(model, parameter_name: str) -> bool:
 def test_lora_trains_saves_for_peft_and_merges(name, tmp_path):
     model = quiet_add_lora(build(name), "all-linear", r=4, lora_alpha=8)
     trains(model)
-    randomize_b(model)
+    assert not lora_layers(saves_for_peft_and_merges(name, model, tmp_path))
+
+
+def saves_for_peft_and_merges(name, model, tmp_path):
+    """B made random; peft reloads the saved adapter with the same logits; merging keeps them. Returns the merged."""
+    from qlora_lessons.lora_experts import parameter_adapters
+
+    model.eval()
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
+        for adapter in [*parameter_adapters(model).values(), *lora_layers(model).values()]:
+            adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator) * 0.1)
         logits = model(IDS).logits
     save_as_peft(model, tmp_path / "adapter")
     with warnings.catch_warnings():
@@ -125,11 +128,10 @@ def test_lora_trains_saves_for_peft_and_merges(name, tmp_path):
         reloaded = peft.PeftModel.from_pretrained(build(name), tmp_path / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(IDS).logits, logits, rtol=1e-5, atol=1e-5)
-        merge_lora(model)
-        torch.testing.assert_close(model(IDS).logits, logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(merge_lora(model)(IDS).logits, logits, rtol=1e-4, atol=1e-4)
         plain = merge_and_unload(model)
-        assert not lora_layers(plain)
         torch.testing.assert_close(plain(IDS).logits, logits, rtol=1e-4, atol=1e-4)
+    return plain
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -170,3 +172,29 @@ def test_4bit_load_counts_and_trains_with_an_adapter(name, tmp_path_factory):
     model = quiet_add_lora(model, "all-linear", r=2, lora_alpha=4)
     model.train()
     trains(model)
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_experts_and_router_adapted_with_target_parameters_as_peft(name, tmp_path):
+    """add_lora(target_parameters=...) adapts the 3-D expert tensors and the router as peft's ParamWrapper does."""
+    from qlora_lessons.lora_experts import parameter_adapters
+
+    model = build(name)
+    tensors = sorted({".".join(n.split(".")[-2:]) for n in matrices_outside_linear_layers(model)})
+    assert tensors == ["experts.down_proj", "experts.gate_up_proj", "gate.weight"]
+    expected = count_lora_params(model, "all-linear", r=4, target_parameters=tensors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeftOutWarning)  # nothing is left out now
+        ours = add_lora(build(name), "all-linear", r=4, lora_alpha=8, target_parameters=tensors)
+    leaves = sorted({n.rpartition(".")[2] for n in lora_layers(ours)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(build(name), peft.LoraConfig(r=4, lora_alpha=8, target_modules=leaves,
+                                                                  target_parameters=tensors))
+    assert peft_layers(theirs)[1] == set(parameter_adapters(ours)), "the same tensors as peft's ParamWrappers"
+    assert count_trainable(ours).trainable == expected == count_trainable(theirs).trainable
+    ours.train()
+    trains(ours)
+    plain = saves_for_peft_and_merges(name, ours, tmp_path)
+    assert not parameter_adapters(plain)
+    assert {n for n, _ in plain.named_parameters()} == {n for n, _ in build(name).named_parameters()}
