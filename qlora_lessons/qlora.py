@@ -33,6 +33,7 @@ from qlora_lessons.blockwise import check_blocksize
 from qlora_lessons.double_quant import Blockwise8bitState
 from qlora_lessons.lora import ALL_LINEAR, _resolve_targets
 from qlora_lessons.lora_coverage import warn_left_out
+from qlora_lessons.lora_experts import add_parameter_lora, resolve_parameters
 from qlora_lessons.lora_layer import LoRAAdapter, check_lora_hyperparameters, is_conv1d, linear_features
 from qlora_lessons.nf4 import QuantState, dequantize_4bit, quantize_4bit
 from qlora_lessons.renamed_arguments import renamed_arguments
@@ -174,7 +175,8 @@ class QLoRALinear(nn.Module):
 @renamed_arguments(alpha="lora_alpha", dropout="lora_dropout", targets="target_modules")
 def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
                   target_modules: str | Sequence[str] = ALL_LINEAR, lora_dropout: float = 0.0, blocksize: int = 64,
-                  double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+                  double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16,
+                  target_parameters: Sequence[str] | None = None) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by ``QLoRALinear`` in place, freeze the rest, return the model.
 
     Equation: each targeted layer becomes h = x dequant(W0_nf4)^T + b + (lora_alpha / r) B A dropout(x).
@@ -183,7 +185,8 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
     Shapes: a layer with W0 (out, in) gets lora_A (r, in), lora_B (out, r) and (out * in) / 2 bytes of codes.
     Example: on the course model (4 layers, hidden 256, MLP 512), ``prepare_qlora(model, r=2, lora_alpha=4)``
     replaces 28 layers and leaves 34,816 trainable parameters. Matrices that are not linear layers (MoE
-    experts, routers) stay as they are, frozen, with a ``LeftOutWarning`` naming them.
+    experts, routers) stay as they are, in 16 bits, with a ``LeftOutWarning`` naming them (bitsandbytes
+    quantizes linear layers only too); ``target_parameters`` puts LoRA on them (``lora_experts``, as peft).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -202,11 +205,13 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
         if r > min(linear_features(model.get_submodule(name))):
             raise ValueError(f"r must be <= min(in_features, out_features) = "
                              f"{min(linear_features(model.get_submodule(name)))} for {name}, got r={r}")
-    warn_left_out(model, "prepare_qlora quantizes and adapts")
+    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
+    warn_left_out(model, "prepare_qlora quantizes")
     model.requires_grad_(False)
     for name in names:
         parent, _, child = name.rpartition(".")
         layer = QLoRALinear.from_linear(model.get_submodule(name), r, lora_alpha, lora_dropout, blocksize,
                                         double_quant, compute_dtype)
         setattr(model.get_submodule(parent) if parent else model, child, layer.train(model.training))
+    add_parameter_lora(model, tensors, r, lora_alpha)
     return model

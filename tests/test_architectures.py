@@ -138,9 +138,10 @@ def saves_for_peft_and_merges(name, model, tmp_path):
 def test_prepare_qlora_quantizes_every_linear_layer_and_trains(name):
     model = build(name)
     head_and_linear = linear_layer_names(model)
+    tensors = sorted({".".join(n.split(".")[-2:]) for n in matrices_outside_linear_layers(model)}) or None
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always", LeftOutWarning)
-        prepare_qlora(model, r=2, lora_alpha=4, compute_dtype=torch.float32)
+        prepare_qlora(model, r=2, lora_alpha=4, compute_dtype=torch.float32, target_parameters=tensors)
     assert bool([w for w in record if w.category is LeftOutWarning]) == (name in MOE), "warns exactly for MoE"
     quantized = [n for n, m in model.named_modules() if isinstance(m, QLoRALinear)]
     assert len(quantized) == len(head_and_linear) - 1, "every linear layer but the output head"
@@ -169,7 +170,8 @@ def test_4bit_load_counts_and_trains_with_an_adapter(name, tmp_path_factory):
     quantized = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert quantized == set(linear_layer_names(build(name))) - {"lm_head"}, "every linear layer but the head"
     assert count_trainable(model).total == full == count_model_parameters(model), "4-bit weights count as weights"
-    model = quiet_add_lora(model, "all-linear", r=2, lora_alpha=4)
+    tensors = sorted({".".join(n.split(".")[-2:]) for n in matrices_outside_linear_layers(model)}) or None
+    model = add_lora(model, "all-linear", r=2, lora_alpha=4, target_parameters=tensors)  # MoE: experts in 16 bits
     model.train()
     trains(model)
 
