@@ -85,7 +85,7 @@ def main() -> None:
                          num_key_value_heads=4, vocab_size=100, max_position_embeddings=64)
     torch.manual_seed(0)
     llama = LlamaForCausalLM(config).eval()
-    model = add_lora(copy.deepcopy(llama), "all-linear", r=8, alpha=16)
+    model = add_lora(copy.deepcopy(llama), "all-linear", r=8, lora_alpha=16)
     with torch.no_grad():
         for layer in lora_layers(model).values():
             layer.lora_B.normal_(std=0.1)

@@ -43,7 +43,7 @@ def exact_count(name: str) -> int:
 
 def compare(name: str, method: str, seq_len: int, checkpointing: bool, traced_layers: int) -> dict:
     """est/trace of each part and of the peak, and the trace's seconds, for one setting."""
-    setting = dict(method=method, weight_dtype=torch.bfloat16, lora_r=16, lora_targets="all-linear",
+    setting = dict(method=method, weight_dtype=torch.bfloat16, r=16, target_modules="all-linear",
                    seq_len=seq_len, gradient_checkpointing=checkpointing)
     estimate = estimate_training_memory(name, **setting)
     start = time.perf_counter()

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'resident*':>11}{'untracked*':>12}{'seconds':>9}")
     worst = 0.0
     for name, method in tqdm(settings, desc="settings", leave=False):
-        knobs = dict(method=method, lora_r=16, lora_targets="all-linear", batch_size=args.batch_size,
+        knobs = dict(method=method, r=16, target_modules="all-linear", batch_size=args.batch_size,
                      seq_len=args.seq_len)
         start = time.perf_counter()
         plain = measure_cpu_training_memory(config_of(name), **knobs)

@@ -18,7 +18,7 @@ import torch
 
 from qlora_lessons import estimate_training_memory, model_config, trace_training_memory
 
-SETTING = dict(method="qlora", weight_dtype=torch.bfloat16, optimizer="adamw", lora_r=64, lora_targets="all-linear",
+SETTING = dict(method="qlora", weight_dtype=torch.bfloat16, optimizer="adamw", r=64, target_modules="all-linear",
                batch_size=1, seq_len=512, gradient_checkpointing=True, double_quant=True, blocksize=64)
 BUDGET_BYTES, BUDGET_SECONDS = 48e9, 300
 

@@ -27,6 +27,7 @@ _MODULES = {  # module (under qlora_lessons) -> the public names it defines
     "lora": ("ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_lora_params",
         "count_trainable", "disable_adapter", "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora",
         "set_adapter", "unmerge_lora"),
+    "lora_coverage": ("LeftOutWarning", "matrices_outside_linear_layers"),
     "lora_peft": ("load_peft_adapter", "save_as_peft"),
     "lora_plots": ("describe_lora_size", "lora_calculator", "plot_trainable_vs_rank"),
     "lowrank": ("LowRankSummary", "count_low_rank_params", "effective_rank", "low_rank_approx", "low_rank_factors",
@@ -50,6 +51,7 @@ _MODULES = {  # module (under qlora_lessons) -> the public names it defines
     "paging_plots": ("budget_slider",),
     "paging_state": ("lora_adapter_shapes",),
     "qlora": ("Dequantize4bitLinear", "QLoRALinear", "prepare_qlora"),
+    "qlora_merge": ("dequantize_model",),
     "qlora_memory": ("TrainingMemory", "count_training_memory", "measure_peak_bytes", "random_causal_lm"),
     "qlora_plots": ("answer_table", "plot_training_memory"),
     "train": ("TrainResult", "finetune", "plot_loss_curves"),
@@ -231,4 +233,6 @@ __all__ = [
     "TrainResult", "finetune", "plot_loss_curves",
     # lessons 03-04 notebooks: energy by layer type, LoRA's size
     "plot_energy_by_layer", "count_lora_params", "describe_lora_size", "lora_calculator", "plot_trainable_vs_rank",
+    # every architecture: what the helpers leave out (MoE experts), and 4-bit models back to 16 bits for merging
+    "LeftOutWarning", "matrices_outside_linear_layers", "dequantize_model",
 ]

@@ -1,7 +1,7 @@
 """The command line: ``qlora-lessons env`` (the environment report), ``qlora-lessons memory MODEL`` ("does it fit?")
 and ``qlora-lessons --check`` (the pre-flight check before a workshop, ``qlora_lessons.preflight``).
 
-``qlora-lessons memory llama-3.1-8b --method qlora --lora-r 16 --seq-len 2048 --gradient-checkpointing``
+``qlora-lessons memory llama-3.1-8b --method qlora --r 16 --seq-len 2048 --gradient-checkpointing``
 prints the estimate of one training step part by part, its peak, which common GPU sizes hold it, and
 the largest batch and the longest sequence that fit ``--gpu-gib``; ``--trace`` also traces the step
 with fake tensors (``trace_training_memory``) and shows estimate against trace; ``--json`` prints one
@@ -54,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                         "model folder, or a hub id such as Qwen/Qwen2.5-0.5B (read from the hub only when online)")
     memory.add_argument("--method", choices=("full", "lora", "qlora"), required=True,
                         help="full fine-tuning, LoRA on a frozen base, or LoRA on a 4-bit (NF4) base")
-    memory.add_argument("--lora-r", type=int, default=16, metavar="R", help="LoRA rank (default 16)")
-    memory.add_argument("--lora-targets", default="all-linear", metavar="all-linear|q_proj,v_proj",
-                        help="'all-linear' (default) or comma-separated module names")
+    memory.add_argument("--r", "--lora-r", type=int, default=16, metavar="R", action=_RenamedFlag,
+                        help="LoRA rank, peft's r (default 16; --lora-r is the deprecated name)")
+    memory.add_argument("--target-modules", "--target-modules", default="all-linear", action=_RenamedFlag,
+                        metavar="all-linear|q_proj,v_proj", help="peft's target_modules: 'all-linear' (default) or "
+                        "comma-separated module names (--target-modules is the deprecated name)")
     memory.add_argument("--batch-size", type=int, default=1, metavar="B", help="sequences per step (default 1)")
     memory.add_argument("--seq-len", type=int, default=512, metavar="T", help="tokens per sequence (default 512)")
     memory.add_argument("--gradient-checkpointing", action="store_true", help="keep only each layer's input")
@@ -86,13 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _RenamedFlag(argparse.Action):
+    """Store the value; a flag given by its old name (the second option string) warns that it is deprecated."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string == self.option_strings[-1] and len(self.option_strings) > 1:
+            warnings.warn(f"{option_string} is deprecated; use {self.option_strings[0]} (peft's name). The old "
+                          "flag will be removed in the next release.", DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def _settings(args) -> dict:
     import torch
 
-    targets = args.lora_targets if args.lora_targets == "all-linear" else tuple(
-        t.strip() for t in args.lora_targets.split(",") if t.strip())
+    targets = args.target_modules if args.target_modules == "all-linear" else tuple(
+        t.strip() for t in args.target_modules.split(",") if t.strip())
     return dict(method=args.method, weight_dtype=getattr(torch, args.dtype),
-                optimizer=OPTIMIZER_CHOICES[args.optimizer], lora_r=args.lora_r, lora_targets=targets,
+                optimizer=OPTIMIZER_CHOICES[args.optimizer], r=args.r, target_modules=targets,
                 batch_size=args.batch_size, seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing,
                 optimizer_impl=args.optimizer_impl, kbit_casts=args.kbit_casts, attention=args.attention,
                 precision=args.precision,
@@ -134,7 +146,7 @@ def memory_report(args) -> dict:
         "model": args.model, "model_type": shape.model_type, "parameters": sum(count_parameters(config).values()),
         "settings": {**settings, "weight_dtype": args.dtype, "optimizer": args.optimizer,
                      "adapter_dtype": args.adapter_dtype,
-                     "lora_targets": list(settings["lora_targets"]) if settings["lora_targets"] != "all-linear"
+                     "target_modules": list(settings["target_modules"]) if settings["target_modules"] != "all-linear"
                      else "all-linear"},
         "estimate": _bytes(estimate), "peak_bytes": estimate.total,
         "fits_gib": {str(g): estimate.total <= g * GIB for g in GPU_GIB}, "gpu_gib": args.gpu_gib,
@@ -178,8 +190,8 @@ def _gib(n: float) -> str:
 def print_report(report: dict) -> None:
     """The table that ``qlora-lessons memory`` prints."""
     s, e, t = report["settings"], report["estimate"], report["trace"]
-    targets = s["lora_targets"] if isinstance(s["lora_targets"], str) else ",".join(s["lora_targets"])
-    lora = f", r={s['lora_r']} on {targets}"
+    targets = s["target_modules"] if isinstance(s["target_modules"], str) else ",".join(s["target_modules"])
+    lora = f", r={s['r']} on {targets}"
     print(f"{report['model']} ({report['model_type']}, {report['parameters']:,} parameters): {s['method']}"
           f"{lora if s['method'] != 'full' else ''}, {s['weight_dtype']}, {s['optimizer']}, batch {s['batch_size']} x "
           f"{s['seq_len']} tokens{', gradient checkpointing' if s['gradient_checkpointing'] else ''}")

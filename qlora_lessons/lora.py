@@ -3,12 +3,15 @@
 The layer itself, h = W0 x + (alpha / r) B A x, is ``lora_layer.LoRALinear`` (re-exported here).
 This module does what peft's ``get_peft_model`` does, by hand:
 
-- ``add_lora(model, target_modules, r, alpha, dropout)``: replace the targeted ``nn.Linear`` modules
-  in place by ``LoRALinear`` and freeze every other parameter. Targets are matched like peft's: a
-  name matches a layer whose full name equals it or ends in ``.name``; ``"all-linear"`` takes every
-  linear layer except the output head (peft's ``_maybe_include_all_linear_layers`` also leaves out
-  ``get_output_embeddings()``, the ``lm_head``).
-- ``count_trainable(model)``: trainable against total parameters; ``count_lora_params`` before adding.
+- ``add_lora(model, target_modules, r, lora_alpha, lora_dropout)`` (peft's names): replace the targeted
+  ``nn.Linear`` (and GPT-2 ``Conv1D``) modules in place by ``LoRALinear``, freeze every other parameter.
+  Targets are matched like peft's: a name matches a layer whose full name equals it or ends in
+  ``.name``; ``"all-linear"`` takes every linear layer except the output head (peft's
+  ``_maybe_include_all_linear_layers`` also leaves out ``get_output_embeddings()``, the ``lm_head``).
+  MoE experts stored as 3-D tensors are not linear layers: ``"all-linear"`` warns that it leaves them
+  out (``lora_coverage``).
+- ``count_trainable(model)`` (``lora_count``, re-exported): trainable against total parameters;
+  ``count_lora_params`` before adding.
 - Several named adapters on one frozen base: ``add_lora(..., adapter_name="b")``, ``set_adapter``,
   ``adapter_names``, and ``disable_adapter`` to run the base alone.
 - ``merge_lora`` / ``unmerge_lora`` and ``merge_and_unload`` (plain ``nn.Linear`` layers again).
@@ -21,17 +24,26 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from torch import nn
 
-from qlora_lessons.lora_layer import LoRALinear, check_lora_hyperparameters
+from qlora_lessons.lora_count import TrainableCount, count_trainable, parameter_count
+from qlora_lessons.lora_coverage import warn_left_out
+from qlora_lessons.lora_experts import (
+    add_parameter_lora,
+    merge_parameter_adapters,
+    parameter_adapters,
+    resolve_parameters,
+    unmerge_parameter_adapters,
+)
+from qlora_lessons.lora_layer import LoRALinear, check_lora_hyperparameters, is_conv1d, linear_features
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 ALL_LINEAR = "all-linear"  # peft's INCLUDE_LINEAR_LAYERS_SHORTHAND
 
 __all__ = ["ALL_LINEAR", "LoRALinear", "TrainableCount", "adapter_names", "add_lora", "count_lora_params",
            "count_trainable", "disable_adapter", "linear_layer_names", "lora_layers", "merge_and_unload", "merge_lora",
-           "set_adapter", "unmerge_lora"]
+           "parameter_count", "set_adapter", "unmerge_lora"]
 
 
 def _check_model(model: nn.Module) -> None:
@@ -50,14 +62,15 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Full names of the layers ``add_lora`` can target: ``nn.Linear`` and ``LoRALinear`` (not their inner base).
+    """Full names of the layers ``add_lora`` can target: ``nn.Linear``, ``Conv1D``, ``LoRALinear`` (not its base).
 
     Example: a 2-layer Llama -> 15 names, ``"model.layers.0.self_attn.q_proj"`` ... ``"lm_head"``.
     """
     _check_model(model)
     wrapped = lora_layers(model)
     return [name for name, module in model.named_modules()
-            if name and (name in wrapped or (isinstance(module, nn.Linear) and name.rpartition(".")[0] not in wrapped))]
+            if name and (name in wrapped or ((isinstance(module, nn.Linear) or is_conv1d(module))
+                                              and name.rpartition(".")[0] not in wrapped))]
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -65,7 +78,8 @@ def adapter_names(model: nn.Module) -> list[str]:
 
     Example: ``add_lora(model, adapter_name="qa")``, ``add_lora(model, adapter_name="style")`` -> ``["qa", "style"]``.
     """
-    return list(dict.fromkeys(name for layer in lora_layers(model).values() for name in layer.adapters))
+    names = [name for layer in lora_layers(model).values() for name in layer.adapters]
+    return list(dict.fromkeys(names + [tensor.adapter_name for tensor in parameter_adapters(model).values()]))
 
 
 def _output_head(model: nn.Module) -> str | None:
@@ -80,9 +94,12 @@ def _describe_linear_layers(names: list[str]) -> str:
     return f"{leaves}; full names look like {names[0]!r}" if names else "none"
 
 
-def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str], warn: str = "",
+                     covered: Sequence[str] = ()) -> list[str]:
     candidates = linear_layer_names(model)
     if target_modules == ALL_LINEAR:
+        if warn:
+            warn_left_out(model, warn, covered)
         head = _output_head(model)
         if not [name for name in candidates if name != head]:
             raise ValueError(f"{type(model).__name__} has no linear layer besides its output head to adapt")
@@ -103,58 +120,71 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str]) -> l
 
 def _check_rank_fits(model: nn.Module, names: list[str], r: int) -> None:
     for name in names:
-        layer = model.get_submodule(name)
-        smallest = min(layer.in_features, layer.out_features)
-        if r > smallest:
-            raise ValueError(f"r must be <= min(in_features, out_features) = {smallest} for {name} "
-                             f"({layer.in_features} -> {layer.out_features}), got r={r}")
+        in_features, out_features = linear_features(model.get_submodule(name))
+        if r > min(in_features, out_features):
+            raise ValueError(f"r must be <= min(in_features, out_features) = {min(in_features, out_features)} for "
+                             f"{name} ({in_features} -> {out_features}), got r={r}")
 
 
-def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8) -> int:
+def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8,
+                      target_parameters: Sequence[str] | None = None) -> int:
     """The number of parameters ``add_lora(model, target_modules, r)`` would add, without changing the model.
 
     Equation: sum over the targeted layers W0 (out, in) of r (in + out) (A is (r, in), B is (out, r)).
     Shapes: a model in, an int out. Example: a 2-layer Llama with hidden 64 -> ``count_lora_params(model,
     ["q_proj", "v_proj"], r=4)`` = 2 layers * 2 matrices * 4 * (64 + 64) = 2,048.
-    ``memory.count_lora_parameters(config, r, targets)`` gives the same count from a Llama config alone, for
-    models too large to build (lesson 02).
+    ``memory.count_lora_parameters(config, r, target_modules)`` gives the same count from a Llama config
+    alone, for models too large to build (lesson 02). ``target_parameters`` (MoE experts): E r (in + out)
+    for a tensor of E (out, in) matrices.
     """
     _check_model(model)
     check_lora_hyperparameters(r, 1.0, 0.0)
-    names = _resolve_targets(model, target_modules)
+    names = [] if target_parameters and not target_modules else _resolve_targets(model, target_modules)
     _check_rank_fits(model, names, r)
-    return sum(r * (layer.in_features + layer.out_features) for layer in map(model.get_submodule, names))
+    tensors = [model.get_parameter(n) for n in resolve_parameters(model, target_parameters)
+               ] if target_parameters else []
+    return (sum(r * sum(linear_features(layer)) for layer in map(model.get_submodule, names))
+            + sum(r * (w.shape[0] if w.dim() == 3 else 1) * (w.shape[-1] + w.shape[-2]) for w in tensors))
 
 
+@renamed_arguments(alpha="lora_alpha", dropout="lora_dropout", targets="target_modules")
 def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", "v_proj"), r: int = 8,
-             alpha: float = 16, dropout: float = 0.0, adapter_name: str = "default") -> nn.Module:
+             lora_alpha: float = 16, lora_dropout: float = 0.0, adapter_name: str = "default",
+             target_parameters: Sequence[str] | None = None) -> nn.Module:
     """Put a LoRA adapter on the targeted linear layers, in place; freeze everything else; return the model.
 
-    Equation: each targeted layer becomes h = W0 x + (alpha / r) B A dropout(x); only A and B train.
+    Equation: each targeted layer becomes h = W0 x + (lora_alpha / r) B A dropout(x); only A and B train.
     Shapes: a layer with W0 (out, in) gets lora_A (r, in) and lora_B (out, r).
-    Example: ``add_lora(model, ["q_proj", "v_proj"], r=4, alpha=8)`` on a 2-layer Llama with hidden 64
+    Example: ``add_lora(model, ["q_proj", "v_proj"], r=4, lora_alpha=8)`` on a 2-layer Llama with hidden 64
     -> 4 LoRALinear layers, 4 * 4 * (64 + 64) = 2,048 trainable parameters.
     Called again with a new ``adapter_name``, it adds a second adapter on the same frozen base and makes
-    it the active (and only trainable) one.
+    it the active (and only trainable) one. ``target_parameters`` (peft's name) adapts weight tensors that
+    are not linear layers, such as MoE experts (``["gate_up_proj", "down_proj"]``): ``lora_experts``;
+    ``"all-linear"`` warns (``LeftOutWarning``) about such tensors that it is not told to adapt.
     """
     _check_model(model)
-    check_lora_hyperparameters(r, alpha, dropout)
+    check_lora_hyperparameters(r, lora_alpha, lora_dropout)
     if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
         raise ValueError(f"adapter_name must be a Python identifier such as 'default', got {adapter_name!r}")
     if adapter_name in adapter_names(model):
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; adapters: {adapter_names(model)}")
     if any(layer.merged_adapter is not None for layer in lora_layers(model).values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
-    names = _resolve_targets(model, target_modules)
+    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
+    if tensors and (lora_dropout or parameter_adapters(model)):
+        raise ValueError("target_parameters takes one adapter per tensor and lora_dropout=0 (as peft's ParamWrapper)")
+    names = [] if tensors and not target_modules else _resolve_targets(
+        model, target_modules, warn="add_lora('all-linear') adapts", covered=tensors)
     _check_rank_fits(model, names, r)  # every check before the first change, so a bad call leaves the model alone
     model.requires_grad_(False)
     for name in names:
         layer = model.get_submodule(name)
         if isinstance(layer, LoRALinear):
-            layer.add_adapter(adapter_name, r, alpha, dropout)
+            layer.add_adapter(adapter_name, r, lora_alpha, lora_dropout)
         else:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, LoRALinear(layer, r, alpha, dropout, adapter_name))
+            setattr(model.get_submodule(parent), child, LoRALinear(layer, r, lora_alpha, lora_dropout, adapter_name))
+    add_parameter_lora(model, tensors, r, lora_alpha, adapter_name)
     set_adapter(model, adapter_name)
     return model
 
@@ -165,8 +195,8 @@ def set_adapter(model: nn.Module, name: str | None) -> None:
     Equation: h = W0 x + (alpha_name / r_name) B_name A_name x in every layer that has adapter ``name``,
     h = W0 x in the others (as peft's ``set_adapter``). Example: ``set_adapter(model, "qa")``.
     """
-    layers = lora_layers(model)
-    if not layers:
+    layers, tensors = lora_layers(model), parameter_adapters(model)
+    if not layers and not tensors:
         raise ValueError("the model has no LoRA layers; call add_lora(model, ...) first")
     if name is not None and name not in adapter_names(model):
         raise ValueError(f"no adapter named {name!r}; the model has {adapter_names(model)}")
@@ -176,6 +206,9 @@ def set_adapter(model: nn.Module, name: str | None) -> None:
         layer.set_adapter(name if name in layer.adapters else None)  # a layer without it runs its base alone
         for adapter_name, adapter in layer.adapters.items():
             adapter.requires_grad_(adapter_name == name)
+    for tensor in tensors.values():
+        tensor.enabled = tensor.adapter_name == name
+        tensor.requires_grad_(tensor.enabled)
 
 
 @contextmanager
@@ -184,19 +217,25 @@ def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
 
     Example: ``with disable_adapter(model): base_logits = model(ids).logits``; the active adapter comes back after.
     """
-    layers = lora_layers(model)
-    if not layers:
+    layers, tensors = lora_layers(model), parameter_adapters(model)
+    if not layers and not tensors:
         raise ValueError("the model has no LoRA layers; call add_lora(model, ...) first")
-    if any(layer.merged_adapter is not None for layer in layers.values()):
+    if any(layer.merged_adapter is not None for layer in layers.values()) or any(
+            t.merged for t in tensors.values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
     previous = {name: layer.active_adapter for name, layer in layers.items()}
+    enabled = {name: tensor.enabled for name, tensor in tensors.items()}
     for layer in layers.values():
         layer.set_adapter(None)
+    for tensor in tensors.values():
+        tensor.enabled = False
     try:
         yield model
     finally:
         for name, layer in layers.items():
             layer.set_adapter(previous[name])
+        for name, tensor in tensors.items():
+            tensor.enabled = enabled[name]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -208,6 +247,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for layer in lora_layers(model).values():
         if layer.active_adapter is not None:
             layer.merge()
+    merge_parameter_adapters(model)
     return model
 
 
@@ -216,6 +256,7 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     for layer in lora_layers(model).values():
         if layer.merged_adapter is not None:
             layer.unmerge()
+    unmerge_parameter_adapters(model)
     return model
 
 
@@ -228,44 +269,5 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         merged = layer.merged_linear() if layer.active_adapter is not None else layer.base_layer
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, merged.requires_grad_(False))
+    merge_parameter_adapters(model, unload=True)
     return model
-
-
-def _human_bytes(n_bytes: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= size:
-            return f"{n_bytes / size:.2f} {unit}"
-    return f"{n_bytes} bytes"
-
-
-@dataclass(frozen=True)
-class TrainableCount:
-    """How many of a model's parameters train, and the bytes those take (the size of a saved adapter)."""
-
-    trainable: int
-    total: int
-    fraction: float  # trainable / total
-    trainable_bytes: int
-
-    def __repr__(self) -> str:
-        return (f"trainable {self.trainable:,} of {self.total:,} parameters ({self.fraction:.2%}), "
-                f"{_human_bytes(self.trainable_bytes)}")
-
-
-def count_trainable(model: nn.Module) -> TrainableCount:
-    """Count the parameters with ``requires_grad`` against all parameters (shared ones once, as peft does).
-
-    Equation: fraction = trainable / total; with LoRA, trainable = sum over adapted layers of r (in + out).
-    Shapes: a model in, a TrainableCount out.
-    Example: a 2-layer Llama (hidden 64, MLP 128, vocab 100) after ``add_lora(model, r=4)`` on q_proj, v_proj ->
-    ``trainable 2,048 of 97,088 parameters (2.11%), 8.19 kB``.
-    """
-    _check_model(model)
-    parameters = list(model.parameters())  # deduplicated: tied weights count once
-    total = sum(p.numel() for p in parameters)
-    if total == 0:
-        raise ValueError(f"model {type(model).__name__} has no parameters")
-    trainable = [p for p in parameters if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    return TrainableCount(trainable=n_trainable, total=total, fraction=n_trainable / total,
-                          trainable_bytes=sum(p.numel() * p.element_size() for p in trainable))

@@ -8,8 +8,11 @@ peft stores an adapter as a directory with two files (``peft.PeftModel.save_pret
   (out, r), without the adapter name (``peft.utils.save_and_load.get_peft_model_state_dict``).
 
 Because ``LoRALinear`` uses peft's layouts, saving is renaming: ``peft.PeftModel.from_pretrained(base,
-path)`` then gives the same outputs as the model here. Left out: peft's per-layer ``rank_pattern`` and
-``alpha_pattern`` (one r and alpha per adapter here), rsLoRA, DoRA and trained biases.
+path)`` then gives the same outputs as the model here. GPT-2's ``Conv1D`` layers are saved with
+``fan_in_fan_out=True``, as peft does; A and B have the same layouts either way. Left out: peft's
+per-layer ``rank_pattern`` and ``alpha_pattern`` (one r and alpha per adapter here), rsLoRA, DoRA,
+and trained biases. Adapters on tensors (``target_parameters``: MoE experts, ``lora_experts``) are saved
+under peft's nested ``ParamWrapper`` names; ``load_peft_adapter`` does not load them back (peft does).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch
 from torch import nn
 
 from qlora_lessons.lora import adapter_names, add_lora, lora_layers
+from qlora_lessons.lora_experts import parameter_adapters, peft_keys
 
 CONFIG_NAME = "adapter_config.json"  # peft.utils.constants.CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"  # peft.utils.constants.SAFETENSORS_WEIGHTS_NAME
 PREFIX = "base_model.model."  # PeftModel wraps the base as .base_model (a LoraModel), which holds it as .model
 # Config entries that change what a LoRA adapter computes, with the value under which it is plain LoRA.
-_PLAIN_LORA = {"bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
+# fan_in_fan_out is not among them: it only says the layers are Conv1D, which LoRALinear finds out itself.
+_PLAIN_LORA = {"bias": "none", "use_rslora": False, "use_dora": False,
                "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "layers_to_transform": None,
                "exclude_modules": None, "target_parameters": None}
 
@@ -65,21 +70,29 @@ def save_as_peft(model: nn.Module, path: str | Path, adapter_name: str | None = 
         raise ValueError(f"no adapter named {adapter_name!r}; the model has {names}")
     layers = {name: layer.adapters[adapter_name] for name, layer in lora_layers(model).items()
               if adapter_name in layer.adapters}
+    tensors = {name: p for name, p in parameter_adapters(model).items() if p.adapter_name == adapter_name}
     settings = {(a.r, a.alpha, getattr(a.dropout, "p", 0.0)) for a in layers.values()}
+    settings |= {(p.r, p.alpha, 0.0) for p in tensors.values()}
     if len(settings) != 1:
         raise ValueError(f"adapter {adapter_name!r} has several (r, alpha, dropout) settings {sorted(settings)}; "
                          "peft's format needs rank_pattern/alpha_pattern for that, which save_as_peft does not write")
     r, alpha, dropout = settings.pop()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {}
+    parametrized, tensors = tensors, {}
     for name, adapter in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.lora_A.detach().cpu().contiguous()  # (r, in)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.lora_B.detach().cpu().contiguous()  # (out, r)
+    for name, key in peft_keys(model, adapter_name).items():  # MoE experts: A (E r, in), B (out, E r)
+        tensors[f"{PREFIX}{key}.lora_A.weight"] = parameter_adapters(model)[name].lora_A.detach().cpu().contiguous()
+        tensors[f"{PREFIX}{key}.lora_B.weight"] = parameter_adapters(model)[name].lora_B.detach().cpu().contiguous()
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
     config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_target_modules(model, list(layers)),
-        task_type="CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None,
+        r=r, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=_target_modules(model, list(layers)) if layers else [],
+        target_parameters=sorted(parametrized) or None,
+        fan_in_fan_out=any(lora_layers(model)[name].fan_in_fan_out for name in layers),  # GPT-2's Conv1D
+        task_type="CAUSAL_LM" if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) else None,
         base_model_name_or_path=getattr(model, "name_or_path", None) or None,
     )
     config.save_pretrained(str(path))
@@ -109,7 +122,8 @@ def load_peft_adapter(model: nn.Module, path: str | Path, adapter_name: str = "d
     targets = config["target_modules"]
     if isinstance(targets, str) and targets != "all-linear":
         raise ValueError(f"target_modules={targets!r} is a regular expression; give a list of layer names")
-    add_lora(model, targets, r=config["r"], alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
+    add_lora(model, targets, r=config["r"], lora_alpha=config["lora_alpha"],
+             lora_dropout=config.get("lora_dropout", 0.0),
              adapter_name=adapter_name)
     tensors = load_file(str(path / WEIGHTS_NAME))
     expected = set()

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from qlora_lessons.course_extra import course_import
-from qlora_lessons.lora import ALL_LINEAR, _human_bytes, count_lora_params
+from qlora_lessons.lora import ALL_LINEAR, count_lora_params
+from qlora_lessons.lora_count import _human_bytes
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:  # matplotlib and ipywidgets are imported when a picture is drawn, not when the course is imported
     import ipywidgets
@@ -39,18 +41,21 @@ def _model_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # shared (tied) tensors once, as count_trainable
 
 
-def describe_lora_size(model: nn.Module, target_modules: str | Sequence[str], r: int, alpha: float) -> str:
+@renamed_arguments(alpha="lora_alpha")
+def describe_lora_size(model: nn.Module, target_modules: str | Sequence[str], r: int,
+                       lora_alpha: float) -> str:
     """One line: scaling, parameters added, their share of the model with the adapter, adapter bytes.
 
     Equation: scaling = alpha / r; added = sum over targets of r (in + out); share = added / (model + added),
     as ``count_trainable`` would report after ``add_lora``; bytes = added * 4 (float32) or * 2 (16-bit).
     Shapes: a model in, a string out.
-    Example: the course model, ("q_proj", "v_proj"), r=4, alpha=8 -> ``"scaling alpha / r = 2; adds 16,384
+    Example: the course model, ("q_proj", "v_proj"), r=4, lora_alpha=8 -> ``"scaling alpha / r = 2; adds 16,384
     parameters, 0.58% of 2,822,144; adapter 65.54 kB in float32, 32.77 kB in 16 bits"``.
     """
     added = count_lora_params(model, target_modules, r)  # checks the model, the targets and r
+    alpha = lora_alpha
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"alpha must be a positive number, got alpha={alpha!r}")
+        raise ValueError(f"lora_alpha must be a positive number, got lora_alpha={alpha!r}")
     total = _model_parameters(model) + added
     return (f"scaling alpha / r = {alpha / r:g}; adds {added:,} parameters, {added / total:.2%} of {total:,}; "
             f"adapter {_human_bytes(4 * added)} in float32, {_human_bytes(2 * added)} in 16 bits")
@@ -89,13 +94,14 @@ def plot_trainable_vs_rank(model: nn.Module, targets: dict[str, str | Sequence[s
     return fig
 
 
-def lora_calculator(model: nn.Module, r: int = 8, alpha: float = 16,
+@renamed_arguments(alpha="lora_alpha")
+def lora_calculator(model: nn.Module, r: int = 8, lora_alpha: float = 16,
                     targets: dict[str, str | Sequence[str]] | None = None) -> ipywidgets.VBox:
     """A calculator of LoRA's size: sliders for r and alpha, a menu of target layers, the result in one line.
 
     Equation: as ``describe_lora_size`` (scaling alpha / r, r (in + out) parameters per targeted layer).
     Shapes: r runs over 1..min(64, the smallest in/out of any linear layer); alpha over 1..128.
-    Example: ``lora_calculator(model, r=4, alpha=8)`` -> a widget to display.
+    Example: ``lora_calculator(model, r=4, lora_alpha=8)`` -> a widget to display.
     Returns an ipywidgets VBox: ``.children`` are the r slider, the alpha slider, the menu and the caption (HTML).
     """
     widgets = course_import("ipywidgets")
@@ -107,6 +113,7 @@ def lora_calculator(model: nn.Module, r: int = 8, alpha: float = 16,
     if not linear:
         raise ValueError(f"model must be a torch.nn.Module with linear layers, got {type(model).__name__}")
     largest_r = min(64, *(min(m.in_features, m.out_features) for m in linear))
+    alpha = lora_alpha
     describe_lora_size(model, next(iter(targets.values())), r, alpha)  # check r, alpha and targets before drawing
     if r > largest_r:
         raise ValueError(f"r must be <= {largest_r} for the calculator, got r={r}")

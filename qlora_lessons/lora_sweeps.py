@@ -105,7 +105,7 @@ def run_point(point: SweepPoint, *, model_id: str = "course-model", threads: int
         if point.target_modules != "full":
             targets = "all-linear" if point.target_modules == "all-linear" else point.target_modules.split(",")
             alpha = point.alpha * (math.sqrt(point.r) if point.convention == "alpha/sqrt(r)" else 1.0)
-            add_lora(model, targets, r=point.r, alpha=alpha)
+            add_lora(model, targets, r=point.r, lora_alpha=alpha)
         result = finetune(model, tokenizer, load_task("train"), steps=point.steps, lr=point.lr, seed=point.seed,
                           progress=progress)
         em = exact_match(model, tokenizer, load_task("test"))

@@ -17,6 +17,7 @@ from qlora_lessons.course_extra import course_import
 from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown
 from qlora_lessons.memory_estimate import METHODS, OPTIMIZERS, estimate_training_memory
 from qlora_lessons.memory_models import PRESET_NAMES, load_config, model_shape
+from qlora_lessons.renamed_arguments import rename_settings
 
 GPU_BUDGETS_GB = (16, 24, 48, 80)  # common GPU sizes: consumer 16/24 GB cards, 48 GB workstation cards, A100/H100 80 GB
 _COLORS = {"weights": "#4c72b0", "quant_constants": "#8172b2", "adapters": "#55a868", "optimizer": "#c44e52",
@@ -84,8 +85,8 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
     return ax
 
 
-CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", lora_r=8,
-                        targets="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False, config="")
+CALCULATOR_START = dict(model="llama-13b", method="qlora", dtype="bfloat16", optimizer="adamw", r=8,
+                        target_modules="q_proj, v_proj", batch_size=1, seq_len=512, checkpointing=False, config="")
 YOUR_MODEL = "your model (paste config.json)"
 CALCULATOR_MODELS = (*MODEL_NAMES, *(name for name in PRESET_NAMES if name not in MODEL_NAMES), YOUR_MODEL)
 
@@ -115,6 +116,7 @@ def plot_memory_calculator(**knobs):
     Returns the ``MemoryBreakdown`` it drew. Example: ``plot_memory_calculator()`` draws the opening setting,
     LLaMA-13B QLoRA in bfloat16; ``plot_memory_calculator(method="full")`` the full fine-tune.
     """
+    knobs = rename_settings(knobs, {"lora_r": "r", "targets": "target_modules"}, "plot_memory_calculator")
     unknown = set(knobs) - set(CALCULATOR_START)
     if unknown:
         raise ValueError(f"unknown calculator knobs {sorted(unknown)}; the knobs are {list(CALCULATOR_START)}")
@@ -124,9 +126,10 @@ def plot_memory_calculator(**knobs):
     model = values["model"]
     if model == YOUR_MODEL:
         model = pasted_config(values["config"])
-    targets = "all-linear" if values["targets"] == "all-linear" else tuple(values["targets"].split(", "))
+    targets = values["target_modules"]
+    targets = "all-linear" if targets == "all-linear" else tuple(targets.split(", "))
     estimate = estimate_training_memory(model, method=values["method"], weight_dtype=DTYPES[values["dtype"]],
-                                        optimizer=values["optimizer"], lora_r=values["lora_r"], lora_targets=targets,
+                                        optimizer=values["optimizer"], r=values["r"], target_modules=targets,
                                         batch_size=values["batch_size"], seq_len=values["seq_len"],
                                         gradient_checkpointing=values["checkpointing"])
     name = values["model"] if values["model"] != YOUR_MODEL else f"your {model['model_type']}"
@@ -151,8 +154,8 @@ def memory_calculator():
         "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
         "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
-        "lora_r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["lora_r"], description="LoRA rank"),
-        "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["targets"],
+        "r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["r"], description="LoRA rank"),
+        "target_modules": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["target_modules"],
                                     description="LoRA on"),
         "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch"),
         "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],

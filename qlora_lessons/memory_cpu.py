@@ -43,6 +43,7 @@ from qlora_lessons.memory_step import (
     make_optimizer,
     run_training_steps,
 )
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -194,12 +195,13 @@ def _in_fresh_process(config, mmap_threshold: int | None, **kwargs) -> CpuMeasur
                 os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
 
 
+@renamed_arguments(lora_r="r", lora_targets="target_modules")
 def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool = True,
                                 mmap_threshold: int | None = None, sample_every: float = 0.002, trace: bool = True,
                                 **knobs) -> CpuMeasurement:
     """Run two real training steps on the CPU and measure live tensor bytes and resident memory; see the module.
 
-    ``knobs`` are those of ``trace_training_memory`` (method, weight_dtype, optimizer, lora_r, lora_targets,
+    ``knobs`` are those of ``trace_training_memory`` (method, weight_dtype, optimizer, r, target_modules,
     batch_size, seq_len, gradient_checkpointing, double_quant, blocksize, and the stack: optimizer_impl,
     adapter_dtype, kbit_casts, attention, precision). ``trace=False`` skips the trace
     (``traced`` is then 0). The profiler starts before the model is built, so ``tensor_start`` is every
@@ -211,13 +213,13 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
     mapping and goes back to the system when freed; 131072 (glibc's starting value, which it otherwise
     raises as large blocks are freed) shows how much of the resident gap is memory malloc keeps.
     Shapes: input_ids (batch_size, seq_len) of random token ids.
-    Example: ``measure_cpu_training_memory(config, method="lora", lora_targets="all-linear").tensor_over_trace``
+    Example: ``measure_cpu_training_memory(config, method="lora", target_modules="all-linear").tensor_over_trace``
     -> 1.0000 for a 12-layer Llama of hidden size 1024.
     """
     from qlora_lessons.memory_trace import _MODEL_KNOBS, _autocast_dtype, trace_training_memory
 
-    defaults = dict(method="full", weight_dtype=torch.float32, optimizer="adamw", lora_r=8,
-                    lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=512, gradient_checkpointing=False,
+    defaults = dict(method="full", weight_dtype=torch.float32, optimizer="adamw", r=8,
+                    target_modules=("q_proj", "v_proj"), batch_size=1, seq_len=512, gradient_checkpointing=False,
                     double_quant=True, blocksize=64, optimizer_impl="for-loop", adapter_dtype=None,
                     kbit_casts=False, attention="sdpa", precision="pure")
     unknown = set(knobs) - set(defaults)
@@ -229,7 +231,7 @@ def measure_cpu_training_memory(config: PretrainedConfig, *, fresh_process: bool
     check_config(config, "config")
     config = to_transformers_config(config)
     if knobs["method"] != "full":
-        count_lora_parameters(config, knobs["lora_r"], knobs["lora_targets"])
+        count_lora_parameters(config, knobs["r"], knobs["target_modules"])
     if not isinstance(fresh_process, bool):
         raise TypeError(f"fresh_process must be True or False, got {fresh_process!r}")
     if mmap_threshold is not None and (not fresh_process or not isinstance(mmap_threshold, int)

@@ -29,6 +29,7 @@ from qlora_lessons.memory_layout import (
 )
 from qlora_lessons.memory_models import ModelShape
 from qlora_lessons.memory_stack import check_stack, step_bytes
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -43,7 +44,7 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_size, seq_len,
+def check_knobs(*, method, weight_dtype, optimizer, r, target_modules, batch_size, seq_len,
                 gradient_checkpointing, double_quant, blocksize, optimizer_impl="for-loop", adapter_dtype=None,
                 kbit_casts=False, attention="sdpa", precision="pure") -> dict:
     """Check the settings shared by estimate, trace and measure; return them as a dict."""
@@ -54,12 +55,12 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
                          f"{weight_dtype!r} (for a 4-bit base use method='qlora'; weight_dtype is its compute dtype)")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    _positive_int("lora_r", lora_r)
+    _positive_int("r", r)
     # the form only: which names exist depends on the model (memory_layout.targeted checks them against it)
-    if lora_targets != "all-linear" and (not isinstance(lora_targets, (tuple, list)) or not lora_targets
-                                         or not all(isinstance(t, str) for t in lora_targets)):
-        raise ValueError(f"lora_targets must be 'all-linear' or a non-empty tuple of module names such as "
-                         f"('q_proj', 'v_proj'), got {lora_targets!r}")
+    if target_modules != "all-linear" and (not isinstance(target_modules, (tuple, list)) or not target_modules
+                                         or not all(isinstance(t, str) for t in target_modules)):
+        raise ValueError(f"target_modules must be 'all-linear' or a non-empty tuple of module names such as "
+                         f"('q_proj', 'v_proj'), got {target_modules!r}")
     _positive_int("batch_size", batch_size)
     _positive_int("seq_len", seq_len)
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
@@ -69,8 +70,8 @@ def check_knobs(*, method, weight_dtype, optimizer, lora_r, lora_targets, batch_
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     check_stack(method, weight_dtype, optimizer, optimizer_impl, adapter_dtype, kbit_casts, attention, precision)
-    return dict(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
-                lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
+    return dict(method=method, weight_dtype=weight_dtype, optimizer=optimizer, r=r,
+                target_modules=target_modules, batch_size=batch_size, seq_len=seq_len,
                 gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
                 optimizer_impl=optimizer_impl, adapter_dtype=adapter_dtype, kbit_casts=kbit_casts,
                 attention=attention, precision=precision)
@@ -139,7 +140,7 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> tuple[int, int
     q, kv, kind = H * config.head_dim, config.num_key_value_heads * config.head_dim, config.model_type
     linears = layer_linears(config)
     full = knobs["method"] == "full"
-    trained = linears if full else targeted(config, knobs["lora_targets"])
+    trained = linears if full else targeted(config, knobs["target_modules"])
     roles = {x.role for x in trained}
     wide, per_head = norms_per_layer(config)
     layernorm = kind in ("gpt2", "opt")
@@ -168,7 +169,7 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> tuple[int, int
     if full:  # the norm weights train: RMSNorm keeps its normalised output (LayerNorm recomputes it)
         extra = 0 if layernorm else wide * T * h * 4 if gemma else 2 * T * h * b
     else:
-        extra = len(trained) * T * knobs["lora_r"] * ab
+        extra = len(trained) * T * knobs["r"] * ab
     layer = attention + wide * norm + mlp + inputs + extra
     checkpointing = knobs["gradient_checkpointing"]
     autocast = knobs["precision"] == "autocast"
@@ -199,9 +200,10 @@ def _activation_bytes(config: ModelShape, knobs: dict, b: int) -> tuple[int, int
     return casts + kept + max(loss, (layer if checkpointing else 0) + work + scores), first
 
 
+@renamed_arguments(lora_r="r", lora_targets="target_modules")
 def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, method: str = "full",
-                             weight_dtype: torch.dtype = torch.float32, optimizer: str = "adamw", lora_r: int = 8,
-                             lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
+                             weight_dtype: torch.dtype = torch.float32, optimizer: str = "adamw", r: int = 8,
+                             target_modules: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                              seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
                              blocksize: int = 64, optimizer_impl: str = "for-loop",
                              adapter_dtype: torch.dtype | None = None, kbit_casts: bool = False,
@@ -236,8 +238,8 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
     Shapes: scalars only.
     Example: ``estimate_training_memory(13_000_000_000).total -> 208e9`` (52 + 52 + 104 GB).
     """
-    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
-                        lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
+    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, r=r,
+                        target_modules=target_modules, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
                         optimizer_impl=optimizer_impl, adapter_dtype=adapter_dtype, kbit_casts=kbit_casts,
                         attention=attention, precision=precision)
@@ -274,8 +276,8 @@ def estimate_training_memory(model: int | PretrainedConfig | str | dict, *, meth
         weights += layers * sum(p for p, _ in packed)
         constants = layers * sum(c for _, c in packed)
     if method != "full":
-        count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against every targeted matrix
-        sizes = [lora_r * n for x in targeted(config, lora_targets) for n in (x.inp, x.out)] * layers
+        count_lora_parameters(config, r, target_modules)  # checks the rank against every targeted matrix
+        sizes = [r * n for x in targeted(config, target_modules) for n in (x.inp, x.out)] * layers
         adapters = sum(sizes) * pb
     gradients = sum(sizes) * pb
     state = _optimizer_bytes(sizes, pb, optimizer)

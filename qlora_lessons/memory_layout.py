@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qlora_lessons.memory_models import ModelShape, model_shape
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama's, in order
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "opt", "gpt2", "mixtral",
@@ -143,11 +144,11 @@ def check_targets(targets: tuple[str, ...] | list[str] | str, names: tuple[str, 
     if targets == "all-linear":
         return names
     if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not targets:
-        raise ValueError(f"lora_targets must be 'all-linear' or a non-empty tuple of names from {names}, "
+        raise ValueError(f"target_modules must be 'all-linear' or a non-empty tuple of names from {names}, "
                          f"got {targets!r}")
     unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
-        raise ValueError(f"lora_targets has unknown names {unknown}; choose from {names}")
+        raise ValueError(f"target_modules has unknown names {unknown}; choose from {names}")
     return tuple(dict.fromkeys(targets))
 
 
@@ -158,18 +159,19 @@ def targeted(config, targets) -> list[LayerLinear]:
     return [x for x in linears if any(x.name == t or x.name.endswith("." + t) for t in names)]
 
 
-def count_lora_parameters(config, r: int, targets: tuple[str, ...] | list[str] | str) -> int:
-    """Trainable parameters of LoRA adapters of rank ``r`` on ``targets`` in every decoder layer.
+@renamed_arguments(targets="target_modules")
+def count_lora_parameters(config, r: int, target_modules: tuple[str, ...] | list[str] | str) -> int:
+    """Trainable parameters of LoRA adapters of rank ``r`` on ``target_modules`` in every decoder layer.
 
     Equation: L * sum over targeted W (out, in) of r * (in + out)  (A is (r, in), B is (out, r)).
     Example: ``count_lora_parameters(model_config("llama-7b"), 8, ("q_proj", "v_proj")) -> 4194304``.
     """
     shape = shape_of(config, "config")
-    chosen = targeted(shape, targets)
+    chosen = targeted(shape, target_modules)
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"lora_r must be a positive int, got {r!r}")
+        raise ValueError(f"r must be a positive int, got {r!r}")
     for x in chosen:
         if r > min(x.out, x.inp):
-            raise ValueError(f"lora_r={r} is larger than the {x.name} matrix {(x.out, x.inp)} allows "
+            raise ValueError(f"r={r} is larger than the {x.name} matrix {(x.out, x.inp)} allows "
                              f"(a rank is at most min(out, in) = {min(x.out, x.inp)})")
     return shape.num_hidden_layers * sum(r * (x.out + x.inp) for x in chosen)

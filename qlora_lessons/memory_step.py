@@ -31,6 +31,7 @@ from torch import nn
 
 from qlora_lessons.memory_layout import targeted
 from qlora_lessons.memory_standins import AdamW8bitState, NF4Linear
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -38,14 +39,15 @@ if TYPE_CHECKING:
 QUANT_BUFFERS = ("code", "absmax", "absmax2", "absmax_code", "offset")
 
 
-def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype: torch.dtype, lora_r: int,
-                         lora_targets, gradient_checkpointing: bool, double_quant: bool, blocksize: int,
+@renamed_arguments(lora_r="r", lora_targets="target_modules")
+def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype: torch.dtype, r: int,
+                         target_modules, gradient_checkpointing: bool, double_quant: bool, blocksize: int,
                          device: torch.device | str, adapter_dtype: torch.dtype | None = None,
                          kbit_casts: bool = False, attention: str = "sdpa", precision: str = "pure") -> nn.Module:
     """The model that a training step of ``method`` trains, with random values, on ``device`` ("meta" for tracing).
 
     full: every parameter of the model (``AutoModelForCausalLM``) in ``weight_dtype`` is trained. lora:
-    the base is frozen and peft adds rank-``lora_r`` adapters to ``lora_targets``. qlora: as lora, and
+    the base is frozen and peft adds rank-``r`` adapters to ``target_modules``. qlora: as lora, and
     every linear layer (or GPT-2 Conv1D) of the decoder layers is replaced by an ``NF4Linear`` (lm_head,
     embeddings and MoE experts, which are 3-D tensors, stay in ``weight_dtype``). Gradient checkpointing
     is transformers' own (non-reentrant), which also makes the embedding output require a gradient.
@@ -80,9 +82,9 @@ def build_training_model(config: PretrainedConfig, *, method: str, weight_dtype:
     with _quiet_bitsandbytes():
         from peft import LoraConfig, get_peft_model
 
-    targets = sorted({x.name.split(".")[-1] for x in targeted(config, lora_targets)})
+    targets = sorted({x.name.split(".")[-1] for x in targeted(config, target_modules)})
     conv1d = config.model_type == "gpt2"  # Conv1D stores W as (in, out): peft's fan_in_fan_out
-    lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=targets,
+    lora = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets,
                       fan_in_fan_out=conv1d)
     model = get_peft_model(model, lora, autocast_adapter_dtype=False)
     if method == "qlora":

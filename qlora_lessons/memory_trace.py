@@ -46,6 +46,7 @@ from qlora_lessons.memory_step import (
     one_sequence,
     run_training_steps,
 )
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -143,7 +144,7 @@ def _trace_depth(config: PretrainedConfig, knobs: dict, progress: bool | None = 
     return breakdown, tracker.peaks
 
 
-_MODEL_KNOBS = ("method", "weight_dtype", "lora_r", "lora_targets", "gradient_checkpointing", "double_quant",
+_MODEL_KNOBS = ("method", "weight_dtype", "r", "target_modules", "gradient_checkpointing", "double_quant",
                 "blocksize", "adapter_dtype", "kbit_casts", "attention", "precision")
 
 
@@ -159,10 +160,11 @@ def _with_layers(config: PretrainedConfig, layers: int) -> PretrainedConfig:
     return config
 
 
+@renamed_arguments(lora_r="r", lora_targets="target_modules")
 def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
                           weight_dtype: torch.dtype = torch.float32,
-                          optimizer: str = "adamw", lora_r: int = 8,
-                          lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
+                          optimizer: str = "adamw", r: int = 8,
+                          target_modules: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                           seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
                           blocksize: int = 64, traced_layers: int | None = None,
                           progress: bool | None = None, **stack) -> MemoryBreakdown:
@@ -181,14 +183,14 @@ def trace_training_memory(config: PretrainedConfig, *, method: str = "full",
     Shapes: input_ids (batch_size, seq_len) of random token ids.
     Example: ``trace_training_memory(model_config("llama-7b")).total -> about 108.9e9`` bytes.
     """
-    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
-                        lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
+    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, r=r,
+                        target_modules=target_modules, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
                         **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":
-        count_lora_parameters(config, lora_r, lora_targets)  # checks the rank against the targeted matrices
+        count_lora_parameters(config, r, target_modules)  # checks the rank against the targeted matrices
     if traced_layers is not None and (not isinstance(traced_layers, int) or isinstance(traced_layers, bool)
                                       or traced_layers < 1):
         raise ValueError(f"traced_layers must be a positive int or None, got {traced_layers!r}")
@@ -232,10 +234,11 @@ def _fall_back_to_estimate(config, knobs: dict, error: Exception) -> MemoryBreak
     return dataclasses.replace(estimate, label=f"estimate, not traced{assumption}")
 
 
+@renamed_arguments(lora_r="r", lora_targets="target_modules")
 def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
                             weight_dtype: torch.dtype = torch.float32,
-                            optimizer: str = "adamw", lora_r: int = 8,
-                            lora_targets: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
+                            optimizer: str = "adamw", r: int = 8,
+                            target_modules: tuple[str, ...] | str = ("q_proj", "v_proj"), batch_size: int = 1,
                             seq_len: int = 512, gradient_checkpointing: bool = False, double_quant: bool = True,
                             blocksize: int = 64, **stack) -> MemoryBreakdown:
     """Run the traced steps for real on a CUDA GPU (random weights) and measure them; ``total`` is the peak.
@@ -249,14 +252,14 @@ def measure_training_memory(config: PretrainedConfig, *, method: str = "full",
     Shapes: input_ids (batch_size, seq_len) of random token ids.
     Example: on a GPU, ``measure_training_memory(model_config("llama-7b"), method="qlora").total``.
     """
-    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, lora_r=lora_r,
-                        lora_targets=lora_targets, batch_size=batch_size, seq_len=seq_len,
+    knobs = check_knobs(method=method, weight_dtype=weight_dtype, optimizer=optimizer, r=r,
+                        target_modules=target_modules, batch_size=batch_size, seq_len=seq_len,
                         gradient_checkpointing=gradient_checkpointing, double_quant=double_quant, blocksize=blocksize,
                         **stack_knobs(stack))
     check_config(config, "config")
     config = to_transformers_config(config)
     if method != "full":
-        count_lora_parameters(config, lora_r, lora_targets)
+        count_lora_parameters(config, r, target_modules)
     if not torch.cuda.is_available():
         raise RuntimeError("measure_training_memory needs a CUDA GPU (torch.cuda.max_memory_allocated) and torch "
                            f"{torch.__version__} sees none; use trace_training_memory, which needs no memory, or "

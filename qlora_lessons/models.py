@@ -107,6 +107,10 @@ def load_model(model_id: str | Path = COURSE_MODEL, quantization: str | None = N
         model.to(target)
     elif target.type == "cpu":
         keep_4bit_training_layout(model)
+    if quantization is not None:  # bitsandbytes replaces nn.Linear layers only: say what stays in 16 bits
+        from qlora_lessons.lora_coverage import warn_left_out
+
+        warn_left_out(model, "loading in 4 bits (BitsAndBytesConfig) quantizes")
     model.eval()
     if loaded is None:
         return model

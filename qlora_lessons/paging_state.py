@@ -26,6 +26,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from qlora_lessons.renamed_arguments import renamed_arguments
+
 # A teaching choice, not a hardware constant: small enough that the course model's state spans many pages.
 # (CUDA unified memory migrates in units the driver picks, 4 KiB to 2 MiB.)
 PAGE_BYTES = 2**20
@@ -134,7 +136,8 @@ def optimizer_state_bytes(
     return OptimizerStateBytes(optimizer, state, device_bytes=state, host_bytes=0, evictable_bytes=evictable)
 
 
-def lora_adapter_shapes(config, r: int, targets: tuple[str, ...] | list[str] | str = "all-linear"
+@renamed_arguments(targets="target_modules")
+def lora_adapter_shapes(config, r: int, target_modules: tuple[str, ...] | list[str] | str = "all-linear"
                         ) -> dict[str, tuple[int, int]]:
     """The shapes of the LoRA tensors of one decoder layer: ``lora_A`` (r, in) and ``lora_B`` (out, r) per target.
 
@@ -151,7 +154,7 @@ def lora_adapter_shapes(config, r: int, targets: tuple[str, ...] | list[str] | s
         raise ValueError(f"r must be a positive int, got {r!r}")
     shape = shape_of(load_config(config, "config"), "config")
     shapes = {}
-    for x in targeted(shape, targets):
+    for x in targeted(shape, target_modules):
         shapes[f"{x.name}.lora_A"] = (r, x.inp)
         shapes[f"{x.name}.lora_B"] = (x.out, r)
     return shapes

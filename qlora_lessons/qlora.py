@@ -10,8 +10,10 @@ packed codes are kept for backward. The LoRA factors A and B are ordinary traina
 compute dtype, with the layouts, initialization and forward of ``lora_layer.LoRAAdapter`` (peft's).
 
 - ``QLoRALinear.from_linear(linear, r, alpha, ...)``: quantize an ``nn.Linear`` and attach an adapter.
-- ``prepare_qlora(model, r, alpha, targets)``: do that to the targeted layers of a model, in place,
-  and freeze everything else (the output head is left out of ``"all-linear"``, as peft does).
+- ``prepare_qlora(model, r, lora_alpha, target_modules)`` (peft's names): do that to the targeted layers
+  of a model, in place, and freeze everything else (the output head is left out of ``"all-linear"``, as
+  peft does; GPT-2's ``Conv1D`` weights are transposed to (out, in) first; MoE experts stored as 3-D
+  tensors are not linear layers and stay as they are, with a ``LeftOutWarning``).
 
 The real stack (bitsandbytes ``Linear4bit`` + peft) computes the same numbers: tests/test_qlora.py.
 Left out: paged optimizers (lesson 07), gradient checkpointing, several adapters per layer, merging
@@ -30,8 +32,11 @@ from torch.nn import functional as F
 from qlora_lessons.blockwise import check_blocksize
 from qlora_lessons.double_quant import Blockwise8bitState
 from qlora_lessons.lora import ALL_LINEAR, _resolve_targets
-from qlora_lessons.lora_layer import LoRAAdapter, check_lora_hyperparameters
+from qlora_lessons.lora_coverage import warn_left_out
+from qlora_lessons.lora_experts import add_parameter_lora, resolve_parameters
+from qlora_lessons.lora_layer import LoRAAdapter, check_lora_hyperparameters, is_conv1d, linear_features
 from qlora_lessons.nf4 import QuantState, dequantize_4bit, quantize_4bit
+from qlora_lessons.renamed_arguments import renamed_arguments
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -70,12 +75,14 @@ class QLoRALinear(nn.Module):
     Equation: h = x dequant(W0_nf4)^T + b + (alpha / r) B A dropout(x), matrix products in ``compute_dtype``.
     Shapes: x (..., in_features) -> h (..., out_features); lora_A (r, in_features), lora_B (out_features, r);
     the weight as ``weight_4bit`` ((out * in + 1) // 2,) uint8 and its constants as buffers.
-    Example: ``QLoRALinear.from_linear(nn.Linear(256, 512), r=16, alpha=32)`` stores 65,536 bytes of codes
+    Example: ``QLoRALinear.from_linear(nn.Linear(256, 512), r=16, lora_alpha=32)`` stores 65,536 bytes of codes
     plus 2,048 one-byte constants (and 8 float32 second-level ones) instead of 524,288 bytes of float32.
     """
 
+    @renamed_arguments(alpha="lora_alpha", dropout="lora_dropout")
     def __init__(self, packed: torch.Tensor, state: QuantState, bias: torch.Tensor | None = None, r: int = 16,
-                 alpha: float = 32, dropout: float = 0.0, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+                 lora_alpha: float = 32, lora_dropout: float = 0.0,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
         if not isinstance(state, QuantState) or len(state.shape) != 2:
             raise TypeError(f"state must be the QuantState of a 2-D (out, in) weight, got {state!r}")
         if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
@@ -88,7 +95,7 @@ class QLoRALinear(nn.Module):
             raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
         if compute_dtype not in COMPUTE_DTYPES:
             raise TypeError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
-        check_lora_hyperparameters(r, alpha, dropout)
+        check_lora_hyperparameters(r, lora_alpha, lora_dropout)
         if r > min(in_features, out_features):
             raise ValueError(f"r must be <= min(in_features, out_features) = {min(in_features, out_features)}, "
                              f"got r={r}")
@@ -103,25 +110,29 @@ class QLoRALinear(nn.Module):
         self._meta = (state.blocksize, state.dtype, state.quant_type, state.offset,
                       state.state2.blocksize if nested else None)
         self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype).clone())
-        self.adapter = LoRAAdapter(in_features, out_features, r, alpha, dropout, compute_dtype, packed.device)
+        self.adapter = LoRAAdapter(in_features, out_features, r, lora_alpha, lora_dropout, compute_dtype,
+                                   packed.device)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, r: int = 16, alpha: float = 32, dropout: float = 0.0,
+    @renamed_arguments(alpha="lora_alpha", dropout="lora_dropout")
+    def from_linear(cls, linear: nn.Module, r: int = 16, lora_alpha: float = 32, lora_dropout: float = 0.0,
                     blocksize: int = 64, double_quant: bool = True,
                     compute_dtype: torch.dtype = torch.bfloat16) -> QLoRALinear:
         """Quantize ``linear.weight`` to NF4 (``quantize_4bit``) and attach a fresh adapter (A random, B zero).
 
-        Example: ``QLoRALinear.from_linear(nn.Linear(64, 32), r=4, alpha=8)(x)`` ~= ``linear(x)`` up to the
-        4-bit rounding of W0, because B starts at zero.
+        Example: ``QLoRALinear.from_linear(nn.Linear(64, 32), r=4, lora_alpha=8)(x)`` ~= ``linear(x)`` up to
+        the 4-bit rounding of W0, because B starts at zero. A GPT-2 ``Conv1D`` (weight (in, out)) is
+        quantized as its transpose, W0 (out, in), as bitsandbytes' ``Linear4bit`` stores it.
         """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        if not isinstance(linear, nn.Linear) and not is_conv1d(linear):
+            raise TypeError(f"linear must be a torch.nn.Linear or a transformers Conv1D, got {type(linear).__name__}")
         check_blocksize(blocksize)
         if compute_dtype not in COMPUTE_DTYPES:
             raise TypeError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
-        packed, state = quantize_4bit(linear.weight, blocksize=blocksize, quant_type="nf4",
-                                      double_quant=double_quant)
-        return cls(packed, state, linear.bias, r=r, alpha=alpha, dropout=dropout, compute_dtype=compute_dtype)
+        weight = linear.weight.T.contiguous() if is_conv1d(linear) else linear.weight  # (out, in)
+        packed, state = quantize_4bit(weight, blocksize=blocksize, quant_type="nf4", double_quant=double_quant)
+        return cls(packed, state, linear.bias, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                   compute_dtype=compute_dtype)
 
     @property
     def quant_state(self) -> QuantState:
@@ -161,39 +172,46 @@ class QLoRALinear(nn.Module):
                 f"compute_dtype={self.compute_dtype}, {self.weight_bytes:,} bytes of frozen weight")
 
 
-def prepare_qlora(model: nn.Module, r: int = 16, alpha: float = 32, targets: str | Sequence[str] = ALL_LINEAR,
-                  dropout: float = 0.0, blocksize: int = 64, double_quant: bool = True,
-                  compute_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+@renamed_arguments(alpha="lora_alpha", dropout="lora_dropout", targets="target_modules")
+def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
+                  target_modules: str | Sequence[str] = ALL_LINEAR, lora_dropout: float = 0.0, blocksize: int = 64,
+                  double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16,
+                  target_parameters: Sequence[str] | None = None) -> nn.Module:
     """Replace the targeted ``nn.Linear`` layers by ``QLoRALinear`` in place, freeze the rest, return the model.
 
-    Equation: each targeted layer becomes h = x dequant(W0_nf4)^T + b + (alpha / r) B A dropout(x).
+    Equation: each targeted layer becomes h = x dequant(W0_nf4)^T + b + (lora_alpha / r) B A dropout(x).
     Targets are matched as in ``lora.add_lora``: ``"all-linear"`` takes every linear layer except the
     output head (peft leaves out ``get_output_embeddings()`` too), or a list of names (``["q_proj"]``).
     Shapes: a layer with W0 (out, in) gets lora_A (r, in), lora_B (out, r) and (out * in) / 2 bytes of codes.
-    Example: on the course model (4 layers, hidden 256, MLP 512), ``prepare_qlora(model, r=2, alpha=4)``
-    replaces 28 layers and leaves 34,816 trainable parameters.
+    Example: on the course model (4 layers, hidden 256, MLP 512), ``prepare_qlora(model, r=2, lora_alpha=4)``
+    replaces 28 layers and leaves 34,816 trainable parameters. Matrices that are not linear layers (MoE
+    experts, routers) stay as they are, in 16 bits, with a ``LeftOutWarning`` naming them (bitsandbytes
+    quantizes linear layers only too); ``target_parameters`` puts LoRA on them (``lora_experts``, as peft).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_lora_hyperparameters(r, alpha, dropout)
+    check_lora_hyperparameters(r, lora_alpha, lora_dropout)
     check_blocksize(blocksize)
     if not isinstance(double_quant, bool):
         raise TypeError(f"double_quant must be a bool, got {double_quant!r}")
     if compute_dtype not in COMPUTE_DTYPES:
         raise TypeError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
-    names = [name for name in _resolve_targets(model, targets) if isinstance(model.get_submodule(name), nn.Linear)]
+    names = [name for name in _resolve_targets(model, target_modules)
+             if isinstance(model.get_submodule(name), nn.Linear) or is_conv1d(model.get_submodule(name))]
     if not names:
-        raise ValueError(f"targets={targets!r} selects no nn.Linear layer of {type(model).__name__} "
+        raise ValueError(f"target_modules={target_modules!r} selects no nn.Linear layer of {type(model).__name__} "
                          "(already prepared?)")
     for name in names:  # every check before the first change, so a bad call leaves the model as it was
-        layer = model.get_submodule(name)
-        if r > min(layer.in_features, layer.out_features):
+        if r > min(linear_features(model.get_submodule(name))):
             raise ValueError(f"r must be <= min(in_features, out_features) = "
-                             f"{min(layer.in_features, layer.out_features)} for {name}, got r={r}")
+                             f"{min(linear_features(model.get_submodule(name)))} for {name}, got r={r}")
+    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
+    warn_left_out(model, "prepare_qlora quantizes")
     model.requires_grad_(False)
     for name in names:
         parent, _, child = name.rpartition(".")
-        layer = QLoRALinear.from_linear(model.get_submodule(name), r, alpha, dropout, blocksize, double_quant,
-                                        compute_dtype)
+        layer = QLoRALinear.from_linear(model.get_submodule(name), r, lora_alpha, lora_dropout, blocksize,
+                                        double_quant, compute_dtype)
         setattr(model.get_submodule(parent) if parent else model, child, layer.train(model.training))
+    add_parameter_lora(model, tensors, r, lora_alpha)
     return model

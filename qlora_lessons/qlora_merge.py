@@ -16,6 +16,10 @@ much smaller than the gap between two NF4 levels (about absmax / 10) is mostly r
 direction, kept = <W4' - W4, dW> / ||dW||^2 (1: all of it; 0: none), and the error left,
 ||W4' - W4 - dW|| / ||dW||, summed over any number of layers.
 
+``dequantize_model(model, dtype)`` takes the other road: every 4-bit layer (bitsandbytes ``Linear4bit``,
+inside a ``LoRALinear`` too, and this library's ``QLoRALinear``) becomes an ``nn.Linear`` holding
+dequant(W_nf4) in a 16-bit dtype, so that ``merge_lora`` / ``merge_and_unload`` add dW exactly there.
+
 Left out: stochastic rounding, and merging several adapters at once.
 """
 
@@ -25,10 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from qlora_lessons.blockwise import check_blocksize, check_float_tensor
 from qlora_lessons.course_extra import course_import
+from qlora_lessons.lora_layer import LoRALinear
 from qlora_lessons.nf4 import QUANT_TYPES, dequantize_4bit, quantize_4bit
+from qlora_lessons.qlora import QLoRALinear
 
 
 @dataclass(frozen=True)
@@ -126,3 +133,59 @@ def plot_merge_retention(results: Mapping[float, MergeRetention]):
     ax.legend(fontsize="x-small")
     plt.close(fig)
     return fig
+
+
+def _dequantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)  # (out, in)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear.requires_grad_(False)  # a frozen base, as the 4-bit weight was
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Replace every 4-bit linear layer by an ``nn.Linear`` holding W = dequant(W_nf4) in ``dtype``, in place.
+
+    bitsandbytes ``Linear4bit`` layers (also as the base of a ``LoRALinear``) become ``nn.Linear``; a
+    ``QLoRALinear`` becomes a ``LoRALinear`` around one, keeping its adapter. Then ``merge_lora`` and
+    ``merge_and_unload`` work: W <- dequant(W_nf4) + (lora_alpha / r) B A, with no second quantization.
+    A transformers model also loses its quantization config (as ``PreTrainedModel.dequantize`` does).
+    Returns the model.
+
+    Precision: the merged weights are the dequantized NF4 weights plus dW, not the original checkpoint's
+    weights plus dW. They differ from the original by the 4-bit rounding error (lesson 05: a few percent
+    of each weight), which is also what the adapter was trained against (QLoRA, Dettmers et al. 2023,
+    section 3, equation 5). Merging the adapter into the original 16-bit weights instead (load the
+    checkpoint in 16 bits, then the adapter: ``save_as_peft``, ``load_peft_adapter``) gives a model that
+    is not the one that was trained. In bfloat16 the weights are also rounded to 8 significant bits.
+    Shapes: each weight (out, in) in ``dtype``. Example: ``merge_and_unload(dequantize_model(model))``.
+    Source: transformers ``integrations.bitsandbytes.dequantize_bnb_weight`` (``dequantize_4bit``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if isinstance(module, nn.Linear) and state is not None:  # bitsandbytes Linear4bit (Params4bit weight)
+            import bitsandbytes.functional as bnb_functional
+
+            weight = bnb_functional.dequantize_4bit(module.weight.data, state).to(dtype)
+            new: nn.Module = _dequantized_linear(weight, module.bias, dtype)
+        elif isinstance(module, QLoRALinear):
+            new = LoRALinear(_dequantized_linear(module.dequantize_weight().to(dtype), module.bias, dtype),
+                             module.r, module.alpha)
+            new.adapters["default"] = module.adapter  # the trained A and B, as they are
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new.train(module.training))
+        replaced += 1
+    if replaced == 0:
+        raise ValueError(f"{type(model).__name__} has no 4-bit layer (bitsandbytes Linear4bit or QLoRALinear)")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model

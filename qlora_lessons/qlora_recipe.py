@@ -24,7 +24,7 @@ PAPER_RECIPE: dict[str, tuple[object, object, str]] = {
     "quantization": ("nf4", "nf4", "section 3, equation 4 (NormalFloat)"),
     "double_quant": (True, True, "section 3 (Double Quantization)"),
     "compute_dtype": ("bfloat16", "bfloat16", "section 3, equations 5-6"),
-    "lora_targets": ("all-linear", "all-linear", "section 4, Figure 2"),
+    "target_modules": ("all-linear", "all-linear", "section 4, Figure 2"),
     "r": (64, 64, "appendix B; --lora_r 64"),
     "lora_alpha": (16, 16, "appendix B; --lora_alpha 16"),
     "lora_dropout": (0.1, 0.05, "appendix B; --lora_dropout"),

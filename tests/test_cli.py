@@ -44,8 +44,8 @@ def test_every_subcommand_has_help(command, capsys):
     (["memory", "llama-8b", "--method", "qlora"], "MODEL 'llama-8b'"),
     (["memory", "/no/such/config.json", "--method", "full"], "no such config.json"),
     (["memory", "llama-7b", "--method", "qlor"], "--method"),
-    (["memory", "llama-7b", "--method", "lora", "--lora-r", "0"], "lora_r"),
-    (["memory", "llama-7b", "--method", "lora", "--lora-targets", "c_attn"], "lora_targets"),
+    (["memory", "llama-7b", "--method", "lora", "--r", "0"], "r"),
+    (["memory", "llama-7b", "--method", "lora", "--target-modules", "c_attn"], "target_modules"),
     (["memory", "llama-7b", "--method", "full", "--gpu-gib", "-1"], "--gpu-gib"),
     (["memory", "Qwen/Qwen2.5-0.5B", "--method", "full"], "local config.json"),
 ])
@@ -89,7 +89,7 @@ def test_the_table_and_the_trace(capsys):
 
 
 def test_module_command_runs_the_memory_subcommand():
-    result = _run("memory", "llama-3.1-8b", "--method", "qlora", "--lora-r", "16", "--seq-len", "2048",
+    result = _run("memory", "llama-3.1-8b", "--method", "qlora", "--r", "16", "--seq-len", "2048",
                   "--gradient-checkpointing")
     assert result.returncode == 0, result.stderr
     assert "8,030,261,248 parameters" in result.stdout and "largest batch" in result.stdout
@@ -110,14 +110,14 @@ def test_stack_flags_reach_the_estimator(flags, knobs, capsys):
 
     from qlora_lessons import estimate_training_memory
 
-    cli.main(["memory", "llama-7b", *flags, "--lora-r", "16", "--json"])
+    cli.main(["memory", "llama-7b", *flags, "--r", "16", "--json"])
     report = json.loads(capsys.readouterr().out)
     knobs = {"weight_dtype": torch.float32 if "float32" in flags[:4] and "--dtype" in flags else torch.bfloat16,
-             "lora_r": 16, "lora_targets": "all-linear", **knobs}
+             "r": 16, "target_modules": "all-linear", **knobs}
     if "adapter_dtype" in knobs:
         knobs["adapter_dtype"] = getattr(torch, knobs["adapter_dtype"])
     assert report["peak_bytes"] == estimate_training_memory("llama-7b", **knobs).total
-    default = json.loads((cli.main(["memory", "llama-7b", "--method", knobs["method"], "--lora-r", "16", "--json"]),
+    default = json.loads((cli.main(["memory", "llama-7b", "--method", knobs["method"], "--r", "16", "--json"]),
                           capsys.readouterr().out)[1])
     assert report["peak_bytes"] != default["peak_bytes"]  # each flag moves the number
 

@@ -41,17 +41,19 @@ def randomize_lora(model: nn.Module, seed: int = 1, std: float = 0.1) -> None:
                 adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator) * std)
 
 
-def peft_linear(base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+def peft_linear(base: nn.Linear, r: int, lora_alpha: float, lora_dropout: float = 0.0):
     """peft's LoRA layer (peft.tuners.lora.layer.Linear) around a copy of ``base``."""
     model = peft.get_peft_model(nn.Sequential(OrderedDict(proj=copy.deepcopy(base))),
-                                peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=["proj"]))
+                                peft.LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                target_modules=["proj"]))
     return model.base_model.model.proj
 
 
-def with_weights(base: nn.Linear, A: torch.Tensor, B: torch.Tensor, alpha: float, dropout: float = 0.0):
+def with_weights(base: nn.Linear, A: torch.Tensor, B: torch.Tensor, lora_alpha: float, lora_dropout: float = 0.0):
     """Our layer and peft's, both holding the given A (r, in) and B (out, r)."""
     r = A.shape[0]
-    ours, theirs = LoRALinear(copy.deepcopy(base), r, alpha, dropout), peft_linear(base, r, alpha, dropout)
+    ours = LoRALinear(copy.deepcopy(base), r, lora_alpha, lora_dropout)
+    theirs = peft_linear(base, r, lora_alpha, lora_dropout)
     with torch.no_grad():
         ours.lora_A.copy_(A), ours.lora_B.copy_(B)
         theirs.lora_A["default"].weight.copy_(A), theirs.lora_B["default"].weight.copy_(B)
@@ -92,7 +94,7 @@ def test_forward_and_gradients_equal_peft(case):
 def test_dropout_in_training_mode_equals_peft_under_the_same_seed():
     torch.manual_seed(0)
     base, x = nn.Linear(32, 24), torch.randn(4, 32)
-    ours, theirs = with_weights(base, torch.randn(4, 32), torch.randn(24, 4), alpha=8, dropout=0.3)
+    ours, theirs = with_weights(base, torch.randn(4, 32), torch.randn(24, 4), lora_alpha=8, lora_dropout=0.3)
     ours.train(), theirs.train()
     torch.manual_seed(5)
     out_ours = ours(x)
@@ -107,10 +109,10 @@ def test_dropout_in_training_mode_equals_peft_under_the_same_seed():
 def test_initialization_is_peft_s():
     """A: kaiming_uniform(a=sqrt(5)), bound 1/sqrt(in); B: zeros; the same draw as peft's when the RNG is replayed."""
     torch.manual_seed(3)
-    theirs = peft_linear(nn.Linear(48, 40), r=4, alpha=8)
+    theirs = peft_linear(nn.Linear(48, 40), r=4, lora_alpha=8)
     torch.manual_seed(3)
     nn.Linear(48, 4, bias=False), nn.Linear(4, 40, bias=False)  # peft builds lora_A and lora_B as nn.Linear first
-    ours = LoRALinear(nn.Linear(48, 40), r=4, alpha=8)
+    ours = LoRALinear(nn.Linear(48, 40), r=4, lora_alpha=8)
     assert torch.equal(ours.lora_A, theirs.lora_A["default"].weight)
     assert ours.lora_A.abs().max() <= 1 / math.sqrt(48) and ours.lora_A.std() > 0.5 / math.sqrt(3 * 48)
     assert torch.equal(ours.lora_B, torch.zeros(40, 4)) and ours.scaling == 2.0
@@ -120,7 +122,7 @@ def test_initialization_is_peft_s():
 @given(layer_case())
 def test_zero_initialized_b_changes_nothing(case):
     base, _, _, alpha, x = case
-    layer = LoRALinear(copy.deepcopy(base), r=1, alpha=alpha)
+    layer = LoRALinear(copy.deepcopy(base), r=1, lora_alpha=alpha)
     assert torch.equal(layer(x), base(x))
     assert [name for name, p in layer.named_parameters() if p.requires_grad] == ["adapters.default.lora_A",
                                                                                  "adapters.default.lora_B"]
@@ -155,7 +157,7 @@ def test_merge_then_unmerge_restores_w0_and_keeps_outputs(case):
 def test_merge_then_unmerge_restores_w0_within_1e_6_at_trained_scale():
     """A at its initialization, B as after training (entries ~0.02), alpha 16, r 8, a 512 x 512 layer."""
     torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(512, 512), r=8, alpha=16)
+    layer = LoRALinear(nn.Linear(512, 512), r=8, lora_alpha=16)
     with torch.no_grad():
         layer.lora_B.normal_(std=0.02)
     W0, x = layer.base_layer.weight.detach().clone(), torch.randn(16, 512)
@@ -169,13 +171,13 @@ def test_merge_then_unmerge_restores_w0_within_1e_6_at_trained_scale():
 def test_merge_equals_peft_merge():
     torch.manual_seed(0)
     base = nn.Linear(32, 24)
-    ours, theirs = with_weights(base, torch.randn(4, 32), torch.randn(24, 4), alpha=16)
+    ours, theirs = with_weights(base, torch.randn(4, 32), torch.randn(24, 4), lora_alpha=16)
     ours.merge(), theirs.merge()
     assert torch.equal(ours.base_layer.weight, theirs.base_layer.weight)
 
 
 def test_add_lora_wraps_the_targets_and_freezes_the_rest():
-    model = add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, alpha=8)
+    model = add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, lora_alpha=8)
     assert sorted(lora_layers(model)) == sorted(f"model.layers.{i}.self_attn.{n}" for i in (0, 1) for n in ("q_proj",
                                                                                                             "v_proj"))
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -190,7 +192,7 @@ def test_add_lora_wraps_the_targets_and_freezes_the_rest():
 
 @pytest.mark.parametrize("targets", [["q_proj", "v_proj"], "all-linear"])
 def test_same_layers_and_counts_as_peft(targets):
-    ours = add_lora(tiny_llama(), targets, r=4, alpha=8)
+    ours = add_lora(tiny_llama(), targets, r=4, lora_alpha=8)
     theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     peft_layers = {name.removeprefix("base_model.model.") for name, module in theirs.named_modules()
                    if isinstance(module, peft.tuners.lora.LoraLayer)}
@@ -206,7 +208,7 @@ def test_count_lora_params_is_what_add_lora_adds_and_what_peft_trains(targets, r
     n = count_lora_params(model, targets, r)
     assert [(name, p.requires_grad) for name, p in model.named_parameters()] == before  # the model is untouched
     theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
-    assert n == count_trainable(add_lora(model, targets, r=r, alpha=2 * r)).trainable
+    assert n == count_trainable(add_lora(model, targets, r=r, lora_alpha=2 * r)).trainable
     assert n == theirs.get_nb_trainable_parameters()[0]
     assert n == count_lora_parameters(model.config, r, targets)  # lesson 02's count, from the config alone
     with pytest.raises(ValueError, match=r"r must be <= min\(in_features, out_features\) = 64"):
@@ -216,7 +218,7 @@ def test_count_lora_params_is_what_add_lora_adds_and_what_peft_trains(targets, r
 
 
 def test_model_logits_and_gradients_equal_peft():
-    ours = add_lora(tiny_llama(), "all-linear", r=4, alpha=8)
+    ours = add_lora(tiny_llama(), "all-linear", r=4, lora_alpha=8)
     theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     randomize_lora(ours)
     theirs_modules = dict(theirs.base_model.model.named_modules())
@@ -234,8 +236,8 @@ def test_model_logits_and_gradients_equal_peft():
 
 
 def test_two_adapters_on_one_base_switch_and_disable():
-    base, model = tiny_llama(), add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, alpha=8, adapter_name="qa")
-    add_lora(model, "all-linear", r=2, alpha=4, adapter_name="style")
+    base, model = tiny_llama(), add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, lora_alpha=8, adapter_name="qa")
+    add_lora(model, "all-linear", r=2, lora_alpha=4, adapter_name="style")
     assert adapter_names(model) == ["qa", "style"] and len(lora_layers(model)) == 14
     randomize_lora(model)
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -255,7 +257,7 @@ def test_two_adapters_on_one_base_switch_and_disable():
 
 
 def test_model_merge_unmerge_and_unload():
-    model = add_lora(tiny_llama(), "all-linear", r=4, alpha=8)
+    model = add_lora(tiny_llama(), "all-linear", r=4, lora_alpha=8)
     randomize_lora(model)
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     W0 = {name: layer.base_layer.weight.detach().clone() for name, layer in lora_layers(model).items()}
@@ -272,7 +274,7 @@ def test_model_merge_unmerge_and_unload():
 
 
 def test_layers_added_to_an_eval_model_do_not_drop_out():
-    model = add_lora(tiny_llama(), r=4, alpha=8, dropout=0.5)
+    model = add_lora(tiny_llama(), r=4, lora_alpha=8, lora_dropout=0.5)
     randomize_lora(model)
     assert not any(module.training for module in model.modules())
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -282,7 +284,7 @@ def test_layers_added_to_an_eval_model_do_not_drop_out():
 
 
 def test_linear_layer_names_skip_the_base_inside_a_lora_layer():
-    model = add_lora(tiny_llama(), ["q_proj"], r=2, alpha=2)
+    model = add_lora(tiny_llama(), ["q_proj"], r=2, lora_alpha=2)
     names = linear_layer_names(model)
     assert len(names) == 15 and not any(name.endswith("base_layer") for name in names)
 
@@ -293,10 +295,10 @@ def test_linear_layer_names_skip_the_base_inside_a_lora_layer():
         ({"r": 0}, ValueError, "r must be >= 1, got r=0"),
         ({"r": 2.0}, TypeError, "r must be an int"),
         ({"r": 65}, ValueError, r"r must be <= min\(in_features, out_features\) = 64 for model.layers.0.*got r=65"),
-        ({"alpha": 0}, ValueError, "alpha must be a positive number, got alpha=0"),
-        ({"alpha": -8}, ValueError, "alpha=-8"),
-        ({"dropout": 1.0}, ValueError, r"dropout must be a probability in \[0, 1\), got dropout=1.0"),
-        ({"dropout": -0.1}, ValueError, "dropout=-0.1"),
+        ({"lora_alpha": 0}, ValueError, "alpha must be a positive number, got lora_alpha=0"),
+        ({"lora_alpha": -8}, ValueError, "lora_alpha=-8"),
+        ({"lora_dropout": 1.0}, ValueError, r"dropout must be a probability in \[0, 1\), got lora_dropout=1.0"),
+        ({"lora_dropout": -0.1}, ValueError, "lora_dropout=-0.1"),
         ({"target_modules": ["q_proj", "query"]}, ValueError,
          r"'query' matches no linear layer of LlamaForCausalLM; its linear layers are: q_proj \(x2\), k_proj \(x2\), "
          r"v_proj \(x2\), o_proj \(x2\), gate_proj \(x2\), up_proj \(x2\), down_proj \(x2\), lm_head"),
@@ -314,11 +316,11 @@ def test_bad_arguments_raise_clear_errors_and_leave_the_model_alone(kwargs, erro
 
 
 def test_bad_layer_and_adapter_use_raise_clear_errors():
-    with pytest.raises(TypeError, match="base must be a torch.nn.Linear, got Conv1d"):
-        LoRALinear(nn.Conv1d(4, 4, 1), r=1, alpha=1)
+    with pytest.raises(TypeError, match="base must be a torch.nn.Linear or a transformers Conv1D, got Conv1d"):
+        LoRALinear(nn.Conv1d(4, 4, 1), r=1, lora_alpha=1)
     with pytest.raises(ValueError, match=r"min\(in_features, out_features\) = 3"):
-        LoRALinear(nn.Linear(8, 3), r=4, alpha=1)
-    layer = LoRALinear(nn.Linear(8, 8), r=2, alpha=4)
+        LoRALinear(nn.Linear(8, 3), r=4, lora_alpha=1)
+    layer = LoRALinear(nn.Linear(8, 8), r=2, lora_alpha=4)
     with pytest.raises(RuntimeError, match="nothing is merged"):
         layer.unmerge()
     layer.merge()
@@ -326,9 +328,9 @@ def test_bad_layer_and_adapter_use_raise_clear_errors():
         layer.merge()
     with pytest.raises(RuntimeError, match="call unmerge"):
         layer.set_adapter(None)
-    model = add_lora(tiny_llama(), r=2, alpha=4)
+    model = add_lora(tiny_llama(), r=2, lora_alpha=4)
     with pytest.raises(ValueError, match=r"already has an adapter named 'default'; adapters: \['default'\]"):
-        add_lora(model, r=2, alpha=4)
+        add_lora(model, r=2, lora_alpha=4)
     with pytest.raises(ValueError, match=r"no adapter named 'other'; the model has \['default'\]"):
         set_adapter(model, "other")
     with pytest.raises(ValueError, match="no LoRA layers; call add_lora"):

@@ -15,9 +15,9 @@ from tiny_models import tiny_llama
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
-def trained_lora(targets, r=4, alpha=8, adapter_name="default", model=None, seed=1):
+def trained_lora(targets, r=4, lora_alpha=8, adapter_name="default", model=None, seed=1):
     """A tiny Llama with an adapter whose A and B are random (as after training)."""
-    model = add_lora(model if model is not None else tiny_llama(), targets, r=r, alpha=alpha,
+    model = add_lora(model if model is not None else tiny_llama(), targets, r=r, lora_alpha=lora_alpha,
                      adapter_name=adapter_name)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_peft_adapters_load_into_lora_linear(tmp_path):
 
 def test_a_named_second_adapter_is_saved_on_its_own(tmp_path):
     model = trained_lora(["q_proj", "v_proj"], adapter_name="qa")
-    trained_lora("all-linear", r=2, alpha=2, adapter_name="style", model=model, seed=3)
+    trained_lora("all-linear", r=2, lora_alpha=2, adapter_name="style", model=model, seed=3)
     expected_style = model(IDS).logits
     set_adapter(model, "qa")
     expected_qa = model(IDS).logits

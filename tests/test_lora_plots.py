@@ -19,12 +19,12 @@ from qlora_lessons.lora_plots import (  # noqa: E402
 
 def test_description_agrees_with_a_model_that_has_the_adapter():
     model = tiny_llama()
-    line = describe_lora_size(model, ["q_proj", "v_proj"], r=4, alpha=8)
-    count = count_trainable(add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, alpha=8))
+    line = describe_lora_size(model, ["q_proj", "v_proj"], r=4, lora_alpha=8)
+    count = count_trainable(add_lora(tiny_llama(), ["q_proj", "v_proj"], r=4, lora_alpha=8))
     assert line == (f"scaling alpha / r = 2; adds 2,048 parameters, {count.fraction:.2%} of {count.total:,}; "
                     "adapter 8.19 kB in float32, 4.10 kB in 16 bits")
     assert count.trainable == 2048 and count.trainable_bytes == 8192
-    assert describe_lora_size(model, "all-linear", r=1, alpha=0.5).startswith("scaling alpha / r = 0.5;")
+    assert describe_lora_size(model, "all-linear", r=1, lora_alpha=0.5).startswith("scaling alpha / r = 0.5;")
 
 
 @pytest.mark.parametrize(
@@ -32,12 +32,12 @@ def test_description_agrees_with_a_model_that_has_the_adapter():
     [
         ({"r": 0}, ValueError, "r must be >= 1, got r=0"),
         ({"r": 65}, ValueError, r"r must be <= min\(in_features, out_features\) = 64"),
-        ({"alpha": 0}, ValueError, "alpha must be a positive number, got alpha=0"),
+        ({"lora_alpha": 0}, ValueError, "alpha must be a positive number, got lora_alpha=0"),
         ({"target_modules": ["query"]}, ValueError, r"'query' matches no linear layer.*q_proj \(x2\)"),
     ],
 )
 def test_description_rejects_bad_inputs(kwargs, error, message):
-    arguments = {"target_modules": "all-linear", "r": 4, "alpha": 8} | kwargs
+    arguments = {"target_modules": "all-linear", "r": 4, "lora_alpha": 8} | kwargs
     with pytest.raises(error, match=message):
         describe_lora_size(tiny_llama(), **arguments)
 
@@ -49,7 +49,8 @@ def test_plot_has_one_line_per_target_choice_with_the_trainable_share():
     labels = [line.get_label() for line in ax.lines]
     assert labels == [*LLAMA_TARGETS, "2% of the model"]
     for line, targets in zip(ax.lines, LLAMA_TARGETS.values()):
-        expected = [100 * count_trainable(add_lora(tiny_llama(), targets, r=r, alpha=r)).fraction for r in (1, 4, 16)]
+        expected = [100 * count_trainable(add_lora(tiny_llama(), targets, r=r, lora_alpha=r)).fraction
+                    for r in (1, 4, 16)]
         assert np.allclose(line.get_ydata(), expected)
     with pytest.raises(ValueError, match="ranks must not be empty"):
         plot_trainable_vs_rank(model, ranks=())
@@ -59,7 +60,7 @@ def test_plot_has_one_line_per_target_choice_with_the_trainable_share():
 
 def test_calculator_caption_follows_its_controls():
     model = tiny_llama()
-    widget = lora_calculator(model, r=4, alpha=8)
+    widget = lora_calculator(model, r=4, lora_alpha=8)
     r_slider, alpha_slider, menu, caption = widget.children
     assert (r_slider.min, r_slider.max, r_slider.value, alpha_slider.value) == (1, 64, 4, 8)
     assert caption.value == describe_lora_size(model, ("q_proj", "v_proj"), 4, 8)

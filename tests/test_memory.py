@@ -108,7 +108,7 @@ def test_the_seeds_ranges_for_13b():
 
 
 def test_qlora_65b_fits_48_gb_and_16_bit_full_fine_tuning_does_not():
-    setting = dict(weight_dtype=torch.bfloat16, lora_r=64, lora_targets="all-linear", gradient_checkpointing=True)
+    setting = dict(weight_dtype=torch.bfloat16, r=64, target_modules="all-linear", gradient_checkpointing=True)
     assert estimate_training_memory("llama-65b", method="qlora", **setting).total < 48e9
     assert estimate_training_memory("llama-65b", **setting).total > 500e9
 
@@ -120,9 +120,9 @@ def test_qlora_65b_fits_48_gb_and_16_bit_full_fine_tuning_does_not():
     (dict(weight_dtype=torch.int8), "weight_dtype"),
     (dict(weight_dtype="nf4"), "weight_dtype"),
     (dict(optimizer="adam"), "optimizer"),
-    (dict(method="lora", lora_r=5000), "lora_r"),
-    (dict(method="lora", lora_r=0), "lora_r"),
-    (dict(method="lora", lora_targets=("q", "v")), "lora_targets"),
+    (dict(method="lora", r=5000), "r"),
+    (dict(method="lora", r=0), "r"),
+    (dict(method="lora", target_modules=("q", "v")), "target_modules"),
     (dict(batch_size=-1), "batch_size"),
     (dict(seq_len=0), "seq_len"),
     (dict(blocksize=48), "blocksize"),

@@ -19,7 +19,7 @@ CONFIGS = tiny_configs()
 def test_estimate_agrees_with_the_trace(name, method):
     for seq_len in (256, 512):
         for checkpointing in (False, True):
-            setting = dict(method=method, weight_dtype=torch.bfloat16, lora_targets="all-linear", seq_len=seq_len,
+            setting = dict(method=method, weight_dtype=torch.bfloat16, target_modules="all-linear", seq_len=seq_len,
                            gradient_checkpointing=checkpointing)
             estimate, trace = estimate_training_memory(CONFIGS[name], **setting), trace_training_memory(
                 CONFIGS[name], **setting)
@@ -34,7 +34,7 @@ def test_extrapolated_depth_equals_the_full_trace_on_another_family():
     config = CONFIGS["qwen3"]
     config = type(config)(**{**config.to_dict(), "num_hidden_layers": 3, "layer_types": None})
     setting = dict(method="qlora", weight_dtype=torch.bfloat16, seq_len=128, gradient_checkpointing=True,
-                   lora_targets="all-linear")
+                   target_modules="all-linear")
     assert trace_training_memory(config, **setting, traced_layers=1) == trace_training_memory(config, **setting)
 
 
@@ -50,15 +50,15 @@ def test_a_step_that_cannot_be_traced_falls_back_to_the_estimate_and_says_so():
 
 
 def test_presets_names_and_dicts_work_where_configs_do():
-    by_name = estimate_training_memory("qwen2.5-0.5b", method="qlora", lora_targets="all-linear")
+    by_name = estimate_training_memory("qwen2.5-0.5b", method="qlora", target_modules="all-linear")
     from qlora_lessons.memory_models import load_config
 
-    assert estimate_training_memory(load_config("qwen2.5-0.5b"), method="qlora", lora_targets="all-linear") == by_name
+    assert estimate_training_memory(load_config("qwen2.5-0.5b"), method="qlora", target_modules="all-linear") == by_name
 
 
 def test_32bit_adamw_keeps_two_float32_moments_whatever_the_weight_dtype():
     setting = dict(method="lora", weight_dtype=torch.bfloat16, optimizer="adamw32bit", seq_len=128,
-                   lora_targets="all-linear")
+                   target_modules="all-linear")
     trace = trace_training_memory(CONFIGS["qwen2"], **setting)
     estimate = estimate_training_memory(CONFIGS["qwen2"], **setting)
     assert trace.optimizer == 8 * trace.adapters // 2 == estimate.optimizer  # adapters in bf16: 2 bytes a value

@@ -86,9 +86,9 @@ def test_every_preset_and_a_pasted_config_give_the_estimate():
     from qlora_lessons.memory_models import PRESET_NAMES
 
     assert set(PRESET_NAMES) < set(CALCULATOR_MODELS) and CALCULATOR_MODELS[-1] == YOUR_MODEL
-    knobs = dict(method="lora", dtype="bfloat16", targets="all-linear", seq_len=1024)
+    knobs = dict(method="lora", dtype="bfloat16", target_modules="all-linear", seq_len=1024)
     expected = estimate_training_memory("qwen2.5-0.5b", method="lora", weight_dtype=torch.bfloat16,
-                                        lora_targets="all-linear", seq_len=1024)
+                                        target_modules="all-linear", seq_len=1024)
     assert plot_memory_calculator(model="qwen2.5-0.5b", **knobs) == expected
     assert plot_memory_calculator(model=YOUR_MODEL, config=json.dumps(QWEN), **knobs).total == expected.total
     plt.close("all")

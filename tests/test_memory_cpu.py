@@ -14,7 +14,7 @@ from qlora_lessons.memory_step import build_training_model
 LLAMA = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=512)
 GPT2 = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=128, bos_token_id=0, eos_token_id=0)
-KNOBS = dict(lora_r=4, lora_targets="all-linear", batch_size=2, seq_len=32)
+KNOBS = dict(r=4, target_modules="all-linear", batch_size=2, seq_len=32)
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident memory is read from /proc")
 
 
@@ -42,7 +42,7 @@ def test_a_fresh_process_measures_the_same_tensors():
 
 
 def test_bitsandbytes_layers_replace_the_frozen_linears():
-    model = build_training_model(GPT2, method="lora", weight_dtype=torch.float32, lora_r=4, lora_targets="all-linear",
+    model = build_training_model(GPT2, method="lora", weight_dtype=torch.float32, r=4, target_modules="all-linear",
                                  gradient_checkpointing=False, double_quant=True, blocksize=64, device="cpu")
     assert to_bitsandbytes_4bit(model, blocksize=64, double_quant=True, compute_dtype=torch.float32) == 4 * 2
     kinds = {type(m).__name__ for name, m in model.named_modules() if name.endswith("base_layer")}

@@ -33,7 +33,7 @@ def test_foreach_adamw_holds_one_more_copy_of_the_trained_parameters():
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_float32_adapters_and_kbit_casts_are_estimated_within_2_percent(checkpointing):
-    knobs = dict(method="qlora", weight_dtype=BF16, lora_r=16, lora_targets="all-linear", adapter_dtype=torch.float32,
+    knobs = dict(method="qlora", weight_dtype=BF16, r=16, target_modules="all-linear", adapter_dtype=torch.float32,
                  kbit_casts=True, gradient_checkpointing=checkpointing, batch_size=2, seq_len=256)
     estimate, trace = _pair(**knobs)
     assert estimate.weights == pytest.approx(trace.weights, rel=1e-4)  # the trace also counts buffers (rotary)
@@ -84,7 +84,7 @@ def test_lora_peak_with_checkpointing_counts_the_gradients_made_before_the_first
     # rank 64 on every matrix of 8 layers, short sequences: the gradients of the other layers and the first
     # layer's backward coexist, and that moment is the peak (traced 2 and 3 layers, extended to 8)
     deeper = {**SMALL, "num_hidden_layers": 8}
-    knobs = dict(method="qlora", weight_dtype=BF16, lora_r=64, lora_targets="all-linear", gradient_checkpointing=True,
+    knobs = dict(method="qlora", weight_dtype=BF16, r=64, target_modules="all-linear", gradient_checkpointing=True,
                  seq_len=64)
     estimate = estimate_training_memory(deeper, **knobs)
     trace = trace_training_memory(deeper, **knobs, traced_layers=2, progress=False)

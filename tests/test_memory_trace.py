@@ -18,8 +18,8 @@ TINY = dict(vocab_size=1500, hidden_size=64, intermediate_size=128, num_attentio
 
 
 def _knobs(**kwargs):
-    defaults = dict(method="full", weight_dtype=torch.float32, optimizer="adamw", lora_r=8,
-                    lora_targets=("q_proj", "v_proj"), batch_size=1, seq_len=64, gradient_checkpointing=False,
+    defaults = dict(method="full", weight_dtype=torch.float32, optimizer="adamw", r=8,
+                    target_modules=("q_proj", "v_proj"), batch_size=1, seq_len=64, gradient_checkpointing=False,
                     double_quant=True, blocksize=64)
     return check_knobs(**{**defaults, **kwargs})
 
@@ -75,7 +75,7 @@ def test_estimate_agrees_with_the_trace(name, method):
 
 def test_qlora_fits_65b_in_48_gb():
     # the QLoRA paper's setting: 4-bit NF4 with double quantization, rank 64 on all linear layers, checkpointing
-    setting = dict(method="qlora", weight_dtype=torch.bfloat16, lora_r=64, lora_targets="all-linear",
+    setting = dict(method="qlora", weight_dtype=torch.bfloat16, r=64, target_modules="all-linear",
                    gradient_checkpointing=True, double_quant=True)
     trace = trace_training_memory(model_config("llama-65b"), **setting, traced_layers=1)
     assert trace.total < 48e9
@@ -83,7 +83,7 @@ def test_qlora_fits_65b_in_48_gb():
 
 
 @pytest.mark.parametrize("kwargs, argument", [
-    (dict(method="lora", lora_r=100_000), "lora_r"),
+    (dict(method="lora", r=100_000), "r"),
     (dict(traced_layers=0), "traced_layers"),
     (dict(optimizer="lion"), "optimizer"),
     (dict(seq_len=-3), "seq_len"),
@@ -99,7 +99,7 @@ def test_bad_input_names_the_argument(kwargs, argument):
 def test_the_measured_step_runs_and_trains_on_real_tensors(method, optimizer):
     # the path measure_training_memory takes on a GPU, here on the CPU with real values
     config = LlamaConfig(**TINY, num_hidden_layers=2)
-    knobs = _knobs(method=method, optimizer=optimizer, lora_targets="all-linear", gradient_checkpointing=True)
+    knobs = _knobs(method=method, optimizer=optimizer, target_modules="all-linear", gradient_checkpointing=True)
     torch.manual_seed(0)
     model = build_training_model(config, **{k: v for k, v in knobs.items() if k not in (
         "optimizer", "batch_size", "seq_len", "optimizer_impl")}, device="cpu")
@@ -122,7 +122,7 @@ def test_measuring_without_cuda_says_so():
 def test_measured_peak_agrees_with_the_trace(method):
     config = model_config("llama-7b")
     config.num_hidden_layers = 4  # about 1.1e9 parameters
-    setting = dict(method=method, weight_dtype=torch.bfloat16, lora_targets="all-linear", seq_len=512)
+    setting = dict(method=method, weight_dtype=torch.bfloat16, target_modules="all-linear", seq_len=512)
     measured = measure_training_memory(config, **setting)
     trace = trace_training_memory(config, **setting)
     assert measured.weights == trace.weights and measured.optimizer == pytest.approx(trace.optimizer, rel=0.01)
@@ -133,7 +133,7 @@ def test_measured_peak_agrees_with_the_trace(method):
                                            (dict(num_key_value_heads=2), "qlora")])
 def test_estimate_agrees_with_the_trace_on_tied_embeddings_and_grouped_query_attention(shape, method):
     config = LlamaConfig(**TINY, num_hidden_layers=2, **shape)
-    setting = dict(method=method, lora_targets="all-linear", seq_len=256)
+    setting = dict(method=method, target_modules="all-linear", seq_len=256)
     estimate, trace = estimate_training_memory(config, **setting), trace_training_memory(config, **setting)
     for part in ("weights", "gradients", "optimizer", "quant_constants", "adapters"):
         assert getattr(estimate, part) == pytest.approx(getattr(trace, part), rel=0.01), part

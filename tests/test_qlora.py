@@ -40,7 +40,7 @@ def eager_bitsandbytes():
         yield
 
 
-def trained_layer(in_features=128, out_features=192, r=4, alpha=8, bias=True, compute_dtype=torch.float32, seed=0):
+def trained_layer(in_features=128, out_features=192, r=4, lora_alpha=8, bias=True, compute_dtype=torch.float32, seed=0):
     """A QLoRALinear with a random (trained-looking) B, so that the LoRA branch contributes."""
     generator = torch.Generator().manual_seed(seed)
     linear = nn.Linear(in_features, out_features, bias=bias)
@@ -48,7 +48,7 @@ def trained_layer(in_features=128, out_features=192, r=4, alpha=8, bias=True, co
         linear.weight.copy_(torch.randn(out_features, in_features, generator=generator) * 0.05)
         if bias:
             linear.bias.copy_(torch.randn(out_features, generator=generator) * 0.1)
-    layer = QLoRALinear.from_linear(linear, r=r, alpha=alpha, compute_dtype=compute_dtype)
+    layer = QLoRALinear.from_linear(linear, r=r, lora_alpha=lora_alpha, compute_dtype=compute_dtype)
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(out_features, r, generator=generator) * 0.1)
     return layer
@@ -163,7 +163,7 @@ def test_backward_keeps_the_packed_weight_not_the_dequantized_one():
 def test_the_stored_weight_is_half_a_byte_per_value_plus_constants():
     for in_features, out_features, double_quant in ((256, 512, True), (256, 512, False), (64, 33, True)):
         linear = nn.Linear(in_features, out_features)
-        layer = QLoRALinear.from_linear(linear, r=2, alpha=4, double_quant=double_quant)
+        layer = QLoRALinear.from_linear(linear, r=2, lora_alpha=4, double_quant=double_quant)
         n = in_features * out_features
         _, state = quantize_4bit(linear.weight, double_quant=double_quant)
         tables = 16 * 4 + (256 * 4 if double_quant else 0)  # the NF4 levels, and the dynamic map
@@ -178,7 +178,7 @@ def test_the_stored_weight_is_half_a_byte_per_value_plus_constants():
 
 def test_zero_initialised_adapter_is_the_4bit_layer_alone():
     linear = nn.Linear(128, 64)
-    layer = QLoRALinear.from_linear(linear, r=4, alpha=8, compute_dtype=torch.float32)
+    layer = QLoRALinear.from_linear(linear, r=4, lora_alpha=8, compute_dtype=torch.float32)
     x = torch.randn(7, 128)
     expected = x @ dequantize_4bit(layer.weight_4bit, layer.quant_state).T + linear.bias.detach()
     bound = float(4 * 128 * U32 * (x.abs() @ linear.weight.detach().abs().T).max())
@@ -205,7 +205,7 @@ def test_gradient_of_x_uses_the_same_dequantized_weight(in_features, out_feature
 
 
 def test_prepare_qlora_adapts_the_layers_peft_adapts_and_freezes_the_rest():
-    model = prepare_qlora(tiny_llama(), r=4, alpha=8)
+    model = prepare_qlora(tiny_llama(), r=4, lora_alpha=8)
     ours = {name for name, module in model.named_modules() if isinstance(module, QLoRALinear)}
     reference = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     theirs = {name.removeprefix("base_model.model.") for name, module in reference.named_modules()
@@ -224,13 +224,13 @@ def test_prepare_qlora_adapts_the_layers_peft_adapts_and_freezes_the_rest():
 
 
 def test_prepare_qlora_on_named_targets():
-    model = prepare_qlora(tiny_llama(), r=2, alpha=4, targets=["q_proj", "v_proj"])
+    model = prepare_qlora(tiny_llama(), r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     assert sorted(name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, QLoRALinear)) == [
         "q_proj", "q_proj", "v_proj", "v_proj"]
     with pytest.raises(ValueError, match="matches no linear layer"):
-        prepare_qlora(model, r=2, alpha=4, targets=["q_proj"])  # already 4-bit
+        prepare_qlora(model, r=2, lora_alpha=4, target_modules=["q_proj"])  # already 4-bit
     with pytest.raises(ValueError, match="selects no nn.Linear"):
-        prepare_qlora(add_lora(tiny_llama(), "all-linear", r=2, alpha=4), r=2, alpha=4)  # LoRALinear layers
+        prepare_qlora(add_lora(tiny_llama(), "all-linear", r=2, lora_alpha=4), r=2, lora_alpha=4)  # LoRALinear layers
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -238,13 +238,13 @@ def test_prepare_qlora_on_named_targets():
     (dict(r=0), ValueError, "r must be >= 1"),
     (dict(r=2.0), TypeError, "r must be an int"),
     (dict(r=65), ValueError, "r must be <= min"),
-    (dict(alpha=-1), ValueError, "alpha must be a positive number"),
-    (dict(dropout=1.0), ValueError, "dropout must be a probability"),
+    (dict(lora_alpha=-1), ValueError, "alpha must be a positive number"),
+    (dict(lora_dropout=1.0), ValueError, "dropout must be a probability"),
     (dict(blocksize=63), ValueError, "blocksize must be one of"),
     (dict(compute_dtype=torch.int8), TypeError, "compute_dtype must be one of"),
 ])
 def test_from_linear_rejects_bad_arguments(kwargs, error, match):
-    arguments = dict(linear=nn.Linear(64, 128), r=4, alpha=8)
+    arguments = dict(linear=nn.Linear(64, 128), r=4, lora_alpha=8)
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         QLoRALinear.from_linear(**arguments)
@@ -253,21 +253,21 @@ def test_from_linear_rejects_bad_arguments(kwargs, error, match):
 def test_constructor_and_prepare_reject_bad_arguments():
     packed, state = quantize_4bit(torch.randn(8, 16))
     with pytest.raises(ValueError, match="packed has 63 bytes"):
-        QLoRALinear(packed[:63], state, r=2, alpha=4)
+        QLoRALinear(packed[:63], state, r=2, lora_alpha=4)
     with pytest.raises(TypeError, match="packed must be a uint8"):
-        QLoRALinear(packed.float(), state, r=2, alpha=4)
+        QLoRALinear(packed.float(), state, r=2, lora_alpha=4)
     with pytest.raises(ValueError, match="bias must have shape"):
-        QLoRALinear(packed, state, bias=torch.zeros(16), r=2, alpha=4)
+        QLoRALinear(packed, state, bias=torch.zeros(16), r=2, lora_alpha=4)
     _, state_1d = quantize_4bit(torch.randn(128))
     with pytest.raises(TypeError, match="2-D"):
-        QLoRALinear(packed, state_1d, r=2, alpha=4)
+        QLoRALinear(packed, state_1d, r=2, lora_alpha=4)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        prepare_qlora("model", r=2, alpha=4)
+        prepare_qlora("model", r=2, lora_alpha=4)
     with pytest.raises(ValueError, match="matches no linear layer"):
-        prepare_qlora(tiny_llama(), r=2, alpha=4, targets=["qkv"])
+        prepare_qlora(tiny_llama(), r=2, lora_alpha=4, target_modules=["qkv"])
     with pytest.raises(TypeError, match="double_quant must be a bool"):
-        prepare_qlora(tiny_llama(), r=2, alpha=4, double_quant=1)
+        prepare_qlora(tiny_llama(), r=2, lora_alpha=4, double_quant=1)
     model = tiny_llama()
     with pytest.raises(ValueError, match="r must be <= min"):
-        prepare_qlora(model, r=65, alpha=4)
+        prepare_qlora(model, r=65, lora_alpha=4)
     assert not any(isinstance(m, QLoRALinear) for m in model.modules())  # a bad call changes nothing

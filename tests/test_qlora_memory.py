@@ -59,7 +59,7 @@ def test_full_fine_tuning_counts_tied_weights_once_and_16_bytes_per_parameter():
 
 
 def test_qlora_from_scratch_counts_half_a_byte_per_weight_plus_constants():
-    model = prepare_qlora(tiny_llama(), r=2, alpha=4, compute_dtype=torch.bfloat16)
+    model = prepare_qlora(tiny_llama(), r=2, lora_alpha=4, compute_dtype=torch.bfloat16)
     layers = [m for m in model.modules() if isinstance(m, QLoRALinear)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     one_step(model, optimizer)

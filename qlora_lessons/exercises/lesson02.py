@@ -82,8 +82,8 @@ def check_largest_batch(answer: int) -> bool:
 
 def solution_largest_batch() -> int:
     def peak(batch_size: int) -> float:
-        return estimate_training_memory("llama-7b", method="qlora", weight_dtype=torch.bfloat16, lora_r=16,
-                                        lora_targets="all-linear", batch_size=batch_size, seq_len=2048,
+        return estimate_training_memory("llama-7b", method="qlora", weight_dtype=torch.bfloat16, r=16,
+                                        target_modules="all-linear", batch_size=batch_size, seq_len=2048,
                                         gradient_checkpointing=True).total
 
     batch_size = 1
@@ -105,8 +105,8 @@ def check_33b_batch(answer: int) -> bool:
 
 def solution_33b_batch() -> int:
     def peak(batch_size: int) -> float:
-        return estimate_training_memory("llama-33b", method="qlora", weight_dtype=torch.bfloat16, lora_r=64,
-                                        lora_targets="all-linear", optimizer="adamw32bit", batch_size=batch_size,
+        return estimate_training_memory("llama-33b", method="qlora", weight_dtype=torch.bfloat16, r=64,
+                                        target_modules="all-linear", optimizer="adamw32bit", batch_size=batch_size,
                                         seq_len=1024, gradient_checkpointing=True).total
 
     batch_size = 0

@@ -19,7 +19,7 @@ from qlora_lessons.lora import LoRALinear
 
 def _layer_with(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float) -> LoRALinear:
     """The library's layer holding the given W0 (out, in), A (r, in), B (out, r); no bias."""
-    layer = LoRALinear(nn.Linear(W0.shape[1], W0.shape[0], bias=False), r=A.shape[0], alpha=alpha)
+    layer = LoRALinear(nn.Linear(W0.shape[1], W0.shape[0], bias=False), r=A.shape[0], lora_alpha=alpha)
     with torch.no_grad():
         layer.base_layer.weight.copy_(W0), layer.lora_A.copy_(A), layer.lora_B.copy_(B)
     return layer
@@ -129,7 +129,7 @@ def solution_random_b_init(std: float = 0.05) -> tuple[float, float]:
     batch = collate(encode_examples(tokenizer, load_task("train")[:32]), tokenizer.pad_token_id)
     with torch.no_grad():
         base = model(**batch).logits
-        add_lora(model, "all-linear", r=4, alpha=8)  # B = 0
+        add_lora(model, "all-linear", r=4, lora_alpha=8)  # B = 0
         zero_b = float((model(**batch).logits - base).abs().max())
         generator = torch.Generator().manual_seed(0)
         for name, p in model.named_parameters():

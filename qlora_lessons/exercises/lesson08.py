@@ -62,7 +62,7 @@ def check_qlora_forward(fn: Callable) -> bool:
         return report("qlora_forward", False, f"pass your function itself (no brackets), got {type(fn).__name__}")
     generator = torch.Generator().manual_seed(8)
     for in_features, out_features, r in ((64, 32, 4), (128, 96, 2)):
-        layer = QLoRALinear.from_linear(nn.Linear(in_features, out_features, bias=False), r=r, alpha=2 * r,
+        layer = QLoRALinear.from_linear(nn.Linear(in_features, out_features, bias=False), r=r, lora_alpha=2 * r,
                                         compute_dtype=torch.float32)
         with torch.no_grad():
             layer.lora_B.copy_(torch.randn(out_features, r, generator=generator))
