@@ -107,6 +107,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers (mypy, p
         set_adapter,
         unmerge_lora,
     )
+    from qlora_lessons.lora_coverage import LeftOutWarning, matrices_outside_linear_layers
     from qlora_lessons.lora_peft import load_peft_adapter, save_as_peft
     from qlora_lessons.lora_plots import describe_lora_size, lora_calculator, plot_trainable_vs_rank
     from qlora_lessons.lowrank import (
@@ -174,6 +175,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers (mypy, p
     from qlora_lessons.paging_state import lora_adapter_shapes
     from qlora_lessons.qlora import Dequantize4bitLinear, QLoRALinear, prepare_qlora
     from qlora_lessons.qlora_memory import TrainingMemory, count_training_memory, measure_peak_bytes, random_causal_lm
+    from qlora_lessons.qlora_merge import dequantize_model
     from qlora_lessons.qlora_plots import answer_table, plot_training_memory
     from qlora_lessons.train import TrainResult, finetune, plot_loss_curves
 

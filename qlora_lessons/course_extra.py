@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-COURSE_PACKAGES = ("matplotlib", "ipywidgets", "IPython")  # the extra's importable names (IPython comes with both)
+# the extra's importable names (IPython comes with matplotlib's and ipywidgets' notebook side)
+COURSE_PACKAGES = ("matplotlib", "ipywidgets", "IPython", "jupyterlab")
 INSTALL_HINT = "pip install qlora-lessons[course] (in zsh: pip install 'qlora-lessons[course]'), or make course"
 
 

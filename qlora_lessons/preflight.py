@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qlora_lessons.course_extra import course_import
+
 INSTALL = "reinstall the course: `make course` in the course folder (or `pip install -c constraints.txt " \
           "torch==2.13.0 -e '.[course]'`)"
 COURSE_EXTRA = "install the course's notebook tools: `pip install -c constraints.txt -e '.[course]'` (or `make course`)"
@@ -117,11 +119,10 @@ def check_notebook_tools() -> str:
     from pathlib import Path
 
     try:
-        import ipywidgets
-        import jupyterlab
+        ipywidgets, jupyterlab = course_import("ipywidgets"), course_import("jupyterlab")
         from jupyter_core.paths import jupyter_path
     except ImportError as error:
-        raise Problem(f"{error.name} is not installed", COURSE_EXTRA) from error
+        raise Problem(f"{error.name or 'a notebook package'} is not installed", COURSE_EXTRA) from error
     manager = Path("@jupyter-widgets") / "jupyterlab-manager" / "package.json"
     if not any((Path(folder) / manager).exists() for folder in jupyter_path("labextensions")):
         raise Problem("JupyterLab's widgets extension (@jupyter-widgets/jupyterlab-manager) is not installed: "
