@@ -8,7 +8,8 @@ with papermill's ``-p MODEL_ID <folder>``: the folder holds a tiny Phi-3 with ra
 config when the test starts and saved with the course tokenizer. The step counts are set small too (the
 lesson's parameters), since nothing trained from random weights in a few steps proves a claim: the test
 passes when no cell raises, i.e. every cell runs on that model and the checks that hold only for the
-trained course model say so and step aside.
+trained course model say so and step aside. In CPU mode unless ``QLORA_LESSONS_MODE`` says otherwise (the
+GPU workflow sets ``gpu``: the same runs on CUDA).
 
 ``QLORA_LESSONS_ANY_MODEL_OUTPUTS=folder`` keeps the executed notebooks there.
 Run them yourself: ``papermill notebooks/04_lora_from_scratch.ipynb out.ipynb -p MODEL_ID /path/to/model``.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The tiny model is a Phi-3: its attention has one fused qkv_proj, so the lessons that adapt Wq and Wv name it.
 PARAMETERS = {
     "01_why_finetune": dict(FULL_STEPS=2, SCRATCH_STEPS=2),
-    "03_low_rank_svd": dict(STEPS=2, ADAPTED=["qkv_proj"]),
+    "03_low_rank_svd": dict(STEPS=2, ADAPTER_STEPS=2, ADAPTED=["qkv_proj"]),
     "04_lora_from_scratch": dict(STEPS=2, QV=lambda default: {**default, "target_modules": ["qkv_proj"]}),
     "05_nf4_by_hand": dict(),
     "07_paged_optimizers": dict(FINETUNE_STEPS=2),
@@ -124,8 +125,9 @@ def test_lesson_runs_on_another_model(lesson, tiny_model, tmp_path, monkeypatch)
     import papermill
 
     _poll_in_short_slices()
-    for name, value in dict(QLORA_LESSONS_MODE="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                            TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg").items():
+    monkeypatch.setenv("QLORA_LESSONS_MODE", os.environ.get("QLORA_LESSONS_MODE") or "cpu")  # the GPU workflow: gpu
+    for name, value in dict(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                            MPLBACKEND="Agg").items():
         monkeypatch.setenv(name, value)  # the kernel inherits them
     keep = os.environ.get("QLORA_LESSONS_ANY_MODEL_OUTPUTS")
     output = Path(keep) / f"{lesson}.any-model.ipynb" if keep else tmp_path / f"{lesson}.ipynb"
