@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from qlora_lessons.course_extra import course_import
-from qlora_lessons.lora import ALL_LINEAR, count_lora_params
+from qlora_lessons.lora import ALL_LINEAR, count_lora_params, linear_layer_names
 from qlora_lessons.lora_count import _human_bytes
 from qlora_lessons.renamed_arguments import renamed_arguments
 
@@ -35,6 +35,16 @@ LLAMA_TARGETS: dict[str, str | tuple[str, ...]] = {
     "attention Wq, Wk, Wv, Wo": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "all linear layers": ALL_LINEAR,
 }
+
+
+def targets_of(model: nn.Module) -> dict[str, str | tuple[str, ...]]:
+    """The choices of ``LLAMA_TARGETS`` whose layers the model has; "all linear layers" fits every model.
+
+    Example: the course model -> all three; a Phi-3 (one fused ``qkv_proj``) -> ``{"all linear layers": "all-linear"}``.
+    """
+    leaves = {name.rpartition(".")[2] for name in linear_layer_names(model)}
+    return {label: target_modules for label, target_modules in LLAMA_TARGETS.items()
+            if target_modules == ALL_LINEAR or set(target_modules) <= leaves}
 
 
 def _model_parameters(model: nn.Module) -> int:
@@ -66,14 +76,14 @@ def plot_trainable_vs_rank(model: nn.Module, targets: dict[str, str | Sequence[s
     """Plot the share of the model that LoRA trains against the rank r, for each choice of target layers.
 
     Equation: share(r) = r * sum(in + out) / (model + r * sum(in + out)), over the targeted layers.
-    Shapes: one line per entry of ``targets`` (default ``LLAMA_TARGETS``), one point per rank.
+    Shapes: one line per entry of ``targets`` (default ``targets_of(model)``), one point per rank.
     Example: ``plot_trainable_vs_rank(model)`` for the course model -> Wq, Wv at r=4 is 0.58%.
     Returns the matplotlib Figure (closed, so a notebook shows it once, as the cell's value): the static
     picture of ``lora_calculator`` for readers whose viewer does not run widgets.
     """
     plt = course_import("matplotlib.pyplot")
 
-    targets = LLAMA_TARGETS if targets is None else targets
+    targets = targets_of(model) if targets is None else targets
     if not isinstance(targets, dict) or not targets:
         raise TypeError(f"targets must be a non-empty dict of label -> target_modules, got {targets!r}")
     ranks = list(ranks)
@@ -106,7 +116,7 @@ def lora_calculator(model: nn.Module, r: int = 8, lora_alpha: float = 16,
     """
     widgets = course_import("ipywidgets")
 
-    targets = LLAMA_TARGETS if targets is None else targets
+    targets = targets_of(model) if targets is None else targets
     if not isinstance(targets, dict) or not targets:
         raise TypeError(f"targets must be a non-empty dict of label -> target_modules, got {targets!r}")
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)] if isinstance(model, nn.Module) else []

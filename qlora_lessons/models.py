@@ -38,6 +38,37 @@ def resolve_model_path(model_id: str | Path) -> str:
     return str(local) if local.exists() else str(model_id)
 
 
+def is_course_model(model_id: str | Path) -> bool:
+    """Whether ``model_id`` names the bundled course model: ``"course-model"`` or its weights folder.
+
+    Example: ``is_course_model("course-model") -> True``; ``is_course_model("Qwen/Qwen2.5-0.5B") -> False``.
+    """
+    if not isinstance(model_id, (str, Path)) or str(model_id).strip() == "":
+        raise TypeError(f"model_id must be a non-empty string or path, got {model_id!r}")
+    if str(model_id) == COURSE_MODEL:
+        return True
+    local = Path(model_id).expanduser()
+    return local.exists() and local.resolve() == COURSE_MODEL_DIR.resolve()
+
+
+def course_checks(model_id: str | Path) -> bool:
+    """The lessons' switch for their checks on the course model: ``is_course_model(model_id)``, said in a line.
+
+    A lesson checks what it measured on the course model (its size, its layer names, its scores after a
+    few minutes of training on facts only it was pretrained on) with asserts. With another ``MODEL_ID`` those
+    numbers are different, not wrong: the cells still run and print them, and skip those checks.
+    Example: ``COURSE = course_checks(MODEL_ID)`` prints ``MODEL_ID = 'course-model': every check runs.``
+    """
+    course = is_course_model(model_id)
+    if course:
+        print(f"MODEL_ID = {str(model_id)!r}: every check runs.")
+    else:
+        print(f"MODEL_ID = {str(model_id)!r} is not the course model: every cell runs and prints what it measures,\n"
+              "and the checks that hold only for the course model (its size, its layer names, its scores after\n"
+              "training on the facts it was pretrained on) are skipped: the cells marked `if COURSE:`.")
+    return course
+
+
 def quantization_config(quantization: str, double_quant: bool = True, compute_dtype: torch.dtype = torch.bfloat16):
     """The ``BitsAndBytesConfig`` of QLoRA: 4-bit ``nf4`` (or ``fp4``) weights, nested constants, 16-bit compute."""
     from transformers import BitsAndBytesConfig

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from qlora_lessons.course_model import corpus
-from qlora_lessons.models import COURSE_MODEL_DIR, count_model_parameters, load_model, resolve_model_path
+from qlora_lessons.models import (
+    COURSE_MODEL_DIR,
+    count_model_parameters,
+    course_checks,
+    is_course_model,
+    load_model,
+    resolve_model_path,
+)
 
 
 def test_checked_in_world_is_what_the_generator_writes():
@@ -107,6 +114,19 @@ def test_hub_id_while_offline_says_how_to_use_the_course_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"load_model\('course-model'\).*path"):
         load_model("some-organisation/some-model-that-is-not-here")
+
+
+def test_the_lessons_know_when_they_run_on_the_course_model(tmp_path, capsys):
+    assert is_course_model("course-model") and is_course_model(COURSE_MODEL_DIR)
+    assert is_course_model(str(COURSE_MODEL_DIR / ".." / "weights"))  # the same folder, written another way
+    assert not is_course_model("Qwen/Qwen2.5-0.5B") and not is_course_model(tmp_path)
+    assert course_checks("course-model") is True
+    assert "every check runs" in capsys.readouterr().out
+    assert course_checks(tmp_path) is False
+    out = capsys.readouterr().out
+    assert "is not the course model" in out and "skipped" in out and "if COURSE:" in out
+    with pytest.raises(TypeError, match="model_id"):
+        is_course_model("")
 
 
 def test_bad_arguments_are_named():

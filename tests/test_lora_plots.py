@@ -14,6 +14,7 @@ from qlora_lessons.lora_plots import (  # noqa: E402
     describe_lora_size,
     lora_calculator,
     plot_trainable_vs_rank,
+    targets_of,
 )
 
 
@@ -56,6 +57,19 @@ def test_plot_has_one_line_per_target_choice_with_the_trainable_share():
         plot_trainable_vs_rank(model, ranks=())
     with pytest.raises(TypeError, match="targets must be a non-empty dict"):
         plot_trainable_vs_rank(model, targets={})
+
+
+def test_default_targets_are_the_choices_the_model_has():
+    import transformers
+
+    phi3 = transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2))  # one fused qkv_proj: no q_proj, no v_proj
+    assert targets_of(tiny_llama()) == LLAMA_TARGETS
+    assert targets_of(phi3) == {"all linear layers": "all-linear"}
+    assert [line.get_label() for line in plot_trainable_vs_rank(phi3, ranks=(1, 2)).axes[0].lines] == [
+        "all linear layers", "2% of the model"]
+    assert lora_calculator(phi3, r=4, alpha=8).children[2].options == ("all linear layers",)
 
 
 def test_calculator_caption_follows_its_controls():

@@ -21,6 +21,8 @@ TRAINING_LESSONS = ("01_why_finetune", "03_low_rank_svd", "04_lora_from_scratch"
                     "08_qlora_end_to_end")
 OTHER_SEEDS = (1, 2)  # with the lesson's own seed 0, which nbval runs: three seeds
 
+pytestmark = pytest.mark.notebook_run
+
 
 def _load_tool():
     spec = importlib.util.spec_from_file_location("notebooks_tool", ROOT / "tools" / "notebooks.py")
