@@ -8,8 +8,9 @@ This module does what peft's ``get_peft_model`` does, by hand:
   Targets are matched like peft's: a name matches a layer whose full name equals it or ends in
   ``.name``; ``"all-linear"`` takes every linear layer except the output head (peft's
   ``_maybe_include_all_linear_layers`` also leaves out ``get_output_embeddings()``, the ``lm_head``).
-  MoE experts stored as 3-D tensors are not linear layers: ``"all-linear"`` warns that it leaves them
-  out (``lora_coverage``).
+  MoE experts stored as 3-D tensors are not linear layers; ``"all-linear"`` adds them (and the router)
+  exactly where peft's does, with peft's rule (``lora_experts.all_linear_tensors``: Mixtral, Qwen-MoE,
+  OLMoE, rank 2 r on ``gate_up_proj``), and warns (``lora_coverage``) about whatever it still leaves out.
 - ``count_trainable(model)`` (``lora_count``, re-exported): trainable against total parameters;
   ``count_lora_params`` before adding.
 - Several named adapters on one frozen base: ``add_lora(..., adapter_name="b")``, ``set_adapter``,
@@ -31,6 +32,7 @@ from qlora_lessons.lora_count import TrainableCount, count_trainable, parameter_
 from qlora_lessons.lora_coverage import warn_left_out
 from qlora_lessons.lora_experts import (
     add_parameter_lora,
+    all_linear_tensors,
     merge_parameter_adapters,
     parameter_adapters,
     resolve_parameters,
@@ -94,12 +96,13 @@ def _describe_linear_layers(names: list[str]) -> str:
     return f"{leaves}; full names look like {names[0]!r}" if names else "none"
 
 
-def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str], warn: str = "",
+def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str], warn: str | tuple[str, str] = "",
                      covered: Sequence[str] = ()) -> list[str]:
     candidates = linear_layer_names(model)
     if target_modules == ALL_LINEAR:
         if warn:
-            warn_left_out(model, warn, covered)
+            what, note = (warn, "") if isinstance(warn, str) else warn
+            warn_left_out(model, what, covered, note)
         head = _output_head(model)
         if not [name for name in candidates if name != head]:
             raise ValueError(f"{type(model).__name__} has no linear layer besides its output head to adapt")
@@ -135,16 +138,34 @@ def count_lora_params(model: nn.Module, target_modules: str | Sequence[str] = ("
     ["q_proj", "v_proj"], r=4)`` = 2 layers * 2 matrices * 4 * (64 + 64) = 2,048.
     ``memory.count_lora_parameters(config, r, target_modules)`` gives the same count from a Llama config
     alone, for models too large to build (lesson 02). ``target_parameters`` (MoE experts): E r (in + out)
-    for a tensor of E (out, in) matrices.
+    for a tensor of E (out, in) matrices; ``"all-linear"`` counts the tensors peft's "all-linear" adds.
     """
     _check_model(model)
     check_lora_hyperparameters(r, 1.0, 0.0)
-    names = [] if target_parameters and not target_modules else _resolve_targets(model, target_modules)
+    names, tensors, ranks = _plan(model, target_modules, target_parameters, r, 2.0 * r)
     _check_rank_fits(model, names, r)
-    tensors = [model.get_parameter(n) for n in resolve_parameters(model, target_parameters)
-               ] if target_parameters else []
+    shapes = {name: model.get_parameter(name).shape for name in tensors}
     return (sum(r * sum(linear_features(layer)) for layer in map(model.get_submodule, names))
-            + sum(r * (w.shape[0] if w.dim() == 3 else 1) * (w.shape[-1] + w.shape[-2]) for w in tensors))
+            + sum(ranks.get(n, (r,))[0] * (w[0] if len(w) == 3 else 1) * (w[-1] + w[-2]) for n, w in shapes.items()))
+
+
+def _plan(model: nn.Module, target_modules: str | Sequence[str], target_parameters: Sequence[str] | None, r: int,
+          lora_alpha: float, warn: str = "") -> tuple[list[str], list[str], dict[str, tuple[int, float]]]:
+    """(linear layers, tensors, {tensor: (r, lora_alpha)} where not the adapter's) that add_lora would adapt."""
+    if target_modules == ALL_LINEAR and target_parameters is None:
+        leaves, ranks = all_linear_tensors(model, r, lora_alpha)  # peft's "all-linear" on MoE models
+        if ranks:
+            if warn:
+                warn_left_out(model, warn, covered=list(ranks))
+            head = _output_head(model)
+            names = [n for n in linear_layer_names(model) if n != head and n.rpartition(".")[2] in leaves]
+            return names, list(ranks), ranks
+    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
+    if warn and target_parameters is None:
+        warn = (warn, f" peft's 'all-linear' leaves them out too on this model type "
+                      f"({getattr(getattr(model, 'config', None), 'model_type', None)!r}).")
+    names = [] if tensors and not target_modules else _resolve_targets(model, target_modules, warn, covered=tensors)
+    return names, tensors, {}
 
 
 @renamed_arguments(alpha="lora_alpha", dropout="lora_dropout", targets="target_modules")
@@ -159,8 +180,10 @@ def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", 
     -> 4 LoRALinear layers, 4 * 4 * (64 + 64) = 2,048 trainable parameters.
     Called again with a new ``adapter_name``, it adds a second adapter on the same frozen base and makes
     it the active (and only trainable) one. ``target_parameters`` (peft's name) adapts weight tensors that
-    are not linear layers, such as MoE experts (``["gate_up_proj", "down_proj"]``): ``lora_experts``;
-    ``"all-linear"`` warns (``LeftOutWarning``) about such tensors that it is not told to adapt.
+    are not linear layers, such as MoE experts (``["gate_up_proj", "down_proj"]``): ``lora_experts``.
+    ``"all-linear"`` without ``target_parameters`` adapts what peft's "all-linear" adapts, MoE experts and
+    routers included where peft adds them (``lora_experts.all_linear_tensors``), and warns
+    (``LeftOutWarning``) about tensors outside linear layers that are still left out.
     """
     _check_model(model)
     check_lora_hyperparameters(r, lora_alpha, lora_dropout)
@@ -170,11 +193,11 @@ def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", 
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; adapters: {adapter_names(model)}")
     if any(layer.merged_adapter is not None for layer in lora_layers(model).values()):
         raise RuntimeError("an adapter is merged into the base weights; call unmerge_lora(model) first")
-    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
+    names, tensors, ranks = _plan(model, target_modules, target_parameters, r, lora_alpha,
+                                  warn="add_lora('all-linear') adapts")
     if tensors and (lora_dropout or parameter_adapters(model)):
-        raise ValueError("target_parameters takes one adapter per tensor and lora_dropout=0 (as peft's ParamWrapper)")
-    names = [] if tensors and not target_modules else _resolve_targets(
-        model, target_modules, warn="add_lora('all-linear') adapts", covered=tensors)
+        raise ValueError("target_parameters takes one adapter per tensor and lora_dropout=0 (as peft's ParamWrapper)"
+                         f"; the tensors: {tensors[:3]}...")
     _check_rank_fits(model, names, r)  # every check before the first change, so a bad call leaves the model alone
     model.requires_grad_(False)
     for name in names:
@@ -184,7 +207,7 @@ def add_lora(model: nn.Module, target_modules: str | Sequence[str] = ("q_proj", 
         else:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, LoRALinear(layer, r, lora_alpha, lora_dropout, adapter_name))
-    add_parameter_lora(model, tensors, r, lora_alpha, adapter_name)
+    add_parameter_lora(model, tensors, r, lora_alpha, adapter_name, ranks)
     set_adapter(model, adapter_name)
     return model
 

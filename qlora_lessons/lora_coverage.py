@@ -12,12 +12,13 @@ What the reference stack does with them (transformers 5.24, peft 0.21, bitsandby
   from transformers 4 (Mixtral, the Qwen2-MoE family; ``peft.utils.transformers_weight_conversion``), adds
   ``target_parameters`` for the router weight and both expert tensors: ``lora.ParamWrapper``, one A and B per
   expert stacked, ``gate_up_proj`` with rank 2r and lora_alpha 2 lora_alpha (it fuses the old w1 and w3).
-  For other MoE types (OLMoE) ``"all-linear"`` leaves the experts out, silently.
+  transformers maps Qwen3-MoE and OLMoE to the Qwen2-MoE layout, so they are included; for MoE types
+  it does not map, peft's ``"all-linear"`` leaves the experts out, silently.
 - ``BitsAndBytesConfig(load_in_4bit=True)`` replaces ``nn.Linear`` layers only: the experts stay 16-bit.
 
 Here ``add_lora(..., target_parameters=[...])`` adapts such tensors as peft does (``lora_experts``), and
-``"all-linear"`` means the linear layers; where a model has tensors it is not told to adapt, ``add_lora``
-(with ``"all-linear"``) warns with a ``LeftOutWarning`` that names them and their share of the model's
+``"all-linear"`` takes what peft's takes, by peft's rule; where a model has tensors it is not told to adapt,
+``add_lora`` (with ``"all-linear"``) warns with a ``LeftOutWarning`` that names them and their share of the model's
 parameters. ``prepare_qlora`` and 4-bit loading quantize linear layers only and warn the same way.
 ``matrices_outside_linear_layers(model)`` lists the tensors.
 """
@@ -69,10 +70,12 @@ def describe_matrices(matrices: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{group} x{count}" if count > 1 else group for group, count in groups.items())
 
 
-def warn_left_out(model: nn.Module, what: str, covered: Sequence[str] = ()) -> dict[str, tuple[int, ...]]:
+def warn_left_out(model: nn.Module, what: str, covered: Sequence[str] = (), note: str = ""
+                  ) -> dict[str, tuple[int, ...]]:
     """Warn (``LeftOutWarning``) if ``model`` has matrices outside linear layers; ``what`` says what skips them.
 
-    ``covered``: full names of tensors that are taken care of anyway (``add_lora(target_parameters=...)``).
+    ``covered``: full names of tensors that are taken care of anyway (``add_lora(target_parameters=...)``);
+    ``note``: a sentence added to the warning.
 
     Returns ``matrices_outside_linear_layers(model)``. Example: ``warn_left_out(mixtral, "add_lora('all-linear')
     adapts")`` warns "add_lora('all-linear') adapts linear layers only; left out: 6 weight matrices (71.3% of
@@ -87,6 +90,7 @@ def warn_left_out(model: nn.Module, what: str, covered: Sequence[str] = ()) -> d
                       f"parameters) that are not linear layers: {describe_matrices(matrices)}. In a Mixture of "
                       f"Experts these are the experts and the router: add_lora(..., target_parameters={leaves}) "
                       "adapts them, as peft's LoraConfig(target_parameters=...) does (peft's 'all-linear' adds them "
-                      "itself for Mixtral and Qwen-MoE types, with rank 2r on gate_up_proj); bitsandbytes and "
-                      "prepare_qlora keep them in 16 bits.", LeftOutWarning, stacklevel=3)
+                      "itself for the model types transformers converts from the Mixtral and Qwen2-MoE layouts, "
+                      "Qwen3-MoE and OLMoE included, with rank 2r on gate_up_proj, and so does add_lora's); "
+                      f"bitsandbytes and prepare_qlora keep them in 16 bits.{note}", LeftOutWarning, stacklevel=3)
     return matrices

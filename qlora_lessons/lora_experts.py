@@ -13,17 +13,23 @@ W + (lora_alpha / r) B A. Here the same happens through ``torch.nn.utils.paramet
 is a parametrization W -> W + dW on the tensor, so the model's own forward code runs unchanged.
 
 - ``add_lora(model, ..., target_parameters=["gate_up_proj", "down_proj"])`` calls ``add_parameter_lora``;
-- ``parameter_adapters(model)``: every ``LoRAParameter``, by the name of the tensor it adapts.
+- ``parameter_adapters(model)``: every ``LoRAParameter``, by the name of the tensor it adapts;
+- ``all_linear_tensors(model, r, lora_alpha)``: what peft's ``"all-linear"`` adapts beyond linear layers,
+  by peft's own rule (``peft.utils.transformers_weight_conversion.convert_peft_config_for_transformers``:
+  for the model types whose MoE layout changed from transformers 4, mapped to Mixtral or Qwen2-MoE by
+  transformers' ``conversion_mapping``, which includes Qwen3-MoE and OLMoE, it turns "all-linear" into
+  the attention's linear layers plus ``target_parameters`` router ``gate.weight``, ``gate_up_proj`` and
+  ``down_proj``, with ``rank_pattern`` / ``alpha_pattern`` 2 r and 2 lora_alpha on ``gate_up_proj``, the
+  fused old w1 and w3); ``add_lora(model, "all-linear")`` uses it.
 
-Left out: several adapters on one tensor, dropout (peft refuses it too), quantized tensors, and peft's
-automatic rank 2 r on ``gate_up_proj`` for "all-linear" on Mixtral-type models (pass the tensors by name).
+Left out: several adapters on one tensor, dropout (peft refuses it too), quantized tensors.
 Each access to the tensor rebuilds dW (E r (in + out) multiply-adds per expert): fine for small models.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -111,25 +117,55 @@ def peft_keys(model: nn.Module, adapter_name: str = "default") -> dict[str, str]
     return keys
 
 
+def all_linear_tensors(model: nn.Module, r: int, lora_alpha: float) -> tuple[list[str], dict[str, tuple[int, float]]]:
+    """What peft's ``LoraConfig(target_modules="all-linear", r, lora_alpha)`` adapts on ``model``, by peft's rule.
+
+    Returns (linear layer names peft keeps as target_modules, {full tensor name: (r, lora_alpha)} for its
+    ``target_parameters``); ``([], {})`` where peft's "all-linear" means the linear layers only (every
+    dense model; MoE types that transformers' ``conversion_mapping`` does not map to Mixtral or Qwen2-MoE).
+    Example: a 2-layer Mixtral, r=4, lora_alpha=8 -> (["q_proj", "k_proj", "v_proj", "o_proj"] in some order,
+    {"model.layers.0.mlp.gate.weight": (4, 8), "model.layers.0.mlp.experts.gate_up_proj": (8, 16),
+    "model.layers.0.mlp.experts.down_proj": (4, 8), ...}).
+    Source: peft 0.21, ``peft/utils/transformers_weight_conversion.py`` (``_convert_peft_config_moe``).
+    """
+    import peft
+    from peft.utils.other import get_pattern_key
+    from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+
+    config = peft.LoraConfig(r=r, lora_alpha=lora_alpha, target_modules="all-linear")
+    convert_peft_config_for_transformers(config, model, conversions=None)
+    if isinstance(config.target_modules, str) or not config.target_parameters:
+        return [], {}
+    tensors = resolve_parameters(model, sorted(config.target_parameters))
+    return sorted(config.target_modules), {
+        name: (config.rank_pattern.get(get_pattern_key(config.rank_pattern, name), r),
+               config.alpha_pattern.get(get_pattern_key(config.alpha_pattern, name), lora_alpha)) for name in tensors}
+
+
 def add_parameter_lora(model: nn.Module, names: Sequence[str], r: int, lora_alpha: float,
-                       adapter_name: str = "default") -> list[str]:
-    """Put a ``LoRAParameter`` on each named tensor (full names, from ``resolve_parameters``); return the names."""
+                       adapter_name: str = "default", ranks: Mapping[str, tuple[int, float]] | None = None
+                       ) -> list[str]:
+    """Put a ``LoRAParameter`` on each named tensor (full names, from ``resolve_parameters``); return the names.
+
+    ``ranks``: {full name: (r, lora_alpha)} for tensors that take their own (peft's rank_pattern, alpha_pattern).
+    """
+    settings = {name: (ranks or {}).get(name, (r, lora_alpha)) for name in names}
     for name in names:
         module_name, _, tensor = name.rpartition(".")
         weight = getattr(model.get_submodule(module_name), tensor)
         if weight.dim() == 3 and getattr(model.get_submodule(module_name), "is_transposed", False):
             raise ValueError(f"{name} stores its experts as (E, in, out) (is_transposed); only (E, out, in) is "
                              "supported here")
-        if weight.dim() not in (2, 3) or r > min(weight.shape[-2:]):
+        if weight.dim() not in (2, 3) or settings[name][0] > min(weight.shape[-2:]):
             raise ValueError(f"{name} {tuple(weight.shape)}: LoRA needs a 2-D or 3-D tensor with r <= "
-                             f"min(out, in), got r={r}")
+                             f"min(out, in), got r={settings[name][0]}")
     for name in names:
         module_name, _, tensor = name.rpartition(".")
         module = model.get_submodule(module_name)
         weight = getattr(module, tensor)
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
         parametrize.register_parametrization(
-            module, tensor, LoRAParameter(tuple(weight.shape), r, lora_alpha, dtype, weight.device, adapter_name),
+            module, tensor, LoRAParameter(tuple(weight.shape), *settings[name], dtype, weight.device, adapter_name),
             unsafe=True)
         module.parametrizations[tensor].original.requires_grad_(False)  # the base stays frozen
     return list(names)

@@ -10,14 +10,16 @@ peft stores an adapter as a directory with two files (``peft.PeftModel.save_pret
 Because ``LoRALinear`` uses peft's layouts, saving is renaming: ``peft.PeftModel.from_pretrained(base,
 path)`` then gives the same outputs as the model here. GPT-2's ``Conv1D`` layers are saved with
 ``fan_in_fan_out=True``, as peft does; A and B have the same layouts either way. Left out: peft's
-per-layer ``rank_pattern`` and ``alpha_pattern`` (one r and alpha per adapter here), rsLoRA, DoRA,
-and trained biases. Adapters on tensors (``target_parameters``: MoE experts, ``lora_experts``) are saved
-under peft's nested ``ParamWrapper`` names; ``load_peft_adapter`` does not load them back (peft does).
+per-layer ``rank_pattern`` and ``alpha_pattern`` (one r and alpha per adapter here, except for tensors:
+peft's "all-linear" gives ``gate_up_proj`` 2 r, saved as peft saves it), rsLoRA, DoRA, and trained biases.
+Adapters on tensors (``target_parameters``: MoE experts, ``lora_experts``) are saved under
+peft's nested ``ParamWrapper`` names; ``load_peft_adapter`` does not load them back (peft does).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -72,10 +74,16 @@ def save_as_peft(model: nn.Module, path: str | Path, adapter_name: str | None = 
               if adapter_name in layer.adapters}
     tensors = {name: p for name, p in parameter_adapters(model).items() if p.adapter_name == adapter_name}
     settings = {(a.r, a.alpha, getattr(a.dropout, "p", 0.0)) for a in layers.values()}
-    settings |= {(p.r, p.alpha, 0.0) for p in tensors.values()}
+    patterns = {}  # tensors with their own r and alpha (peft's "all-linear": 2 r on gate_up_proj)
+    for leaf in sorted({name.rpartition(".")[2] for name in tensors}):
+        own = {(p.r, p.alpha) for name, p in tensors.items() if name.rpartition(".")[2] == leaf}
+        if len(own) == 1 and settings and (*next(iter(own)), 0.0) not in settings:
+            patterns[rf".*\.{re.escape(leaf)}"] = own.pop()
+        else:
+            settings |= {(r, alpha, 0.0) for r, alpha in own}
     if len(settings) != 1:
         raise ValueError(f"adapter {adapter_name!r} has several (r, alpha, dropout) settings {sorted(settings)}; "
-                         "peft's format needs rank_pattern/alpha_pattern for that, which save_as_peft does not write")
+                         "save_as_peft writes one, with rank_pattern/alpha_pattern only for whole tensor leaves")
     r, alpha, dropout = settings.pop()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,8 @@ def save_as_peft(model: nn.Module, path: str | Path, adapter_name: str | None = 
         r=r, lora_alpha=alpha, lora_dropout=dropout,
         target_modules=_target_modules(model, list(layers)) if layers else [],
         target_parameters=sorted(parametrized) or None,
+        rank_pattern={key: rank for key, (rank, _) in patterns.items()},
+        alpha_pattern={key: alpha for key, (_, alpha) in patterns.items()},
         fan_in_fan_out=any(lora_layers(model)[name].fan_in_fan_out for name in layers),  # GPT-2's Conv1D
         task_type="CAUSAL_LM" if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) else None,
         base_model_name_or_path=getattr(model, "name_or_path", None) or None,

@@ -31,9 +31,9 @@ from torch.nn import functional as F
 
 from qlora_lessons.blockwise import check_blocksize
 from qlora_lessons.double_quant import Blockwise8bitState
-from qlora_lessons.lora import ALL_LINEAR, _resolve_targets
+from qlora_lessons.lora import ALL_LINEAR, _plan
 from qlora_lessons.lora_coverage import warn_left_out
-from qlora_lessons.lora_experts import add_parameter_lora, resolve_parameters
+from qlora_lessons.lora_experts import add_parameter_lora
 from qlora_lessons.lora_layer import LoRAAdapter, check_lora_hyperparameters, is_conv1d, linear_features
 from qlora_lessons.nf4 import QuantState, dequantize_4bit, quantize_4bit
 from qlora_lessons.renamed_arguments import renamed_arguments
@@ -186,7 +186,8 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
     Example: on the course model (4 layers, hidden 256, MLP 512), ``prepare_qlora(model, r=2, lora_alpha=4)``
     replaces 28 layers and leaves 34,816 trainable parameters. Matrices that are not linear layers (MoE
     experts, routers) stay as they are, in 16 bits, with a ``LeftOutWarning`` naming them (bitsandbytes
-    quantizes linear layers only too); ``target_parameters`` puts LoRA on them (``lora_experts``, as peft).
+    quantizes linear layers only too); ``target_parameters`` puts LoRA on them (``lora_experts``, as peft), and
+    so does ``"all-linear"`` where peft's "all-linear" does (Mixtral, Qwen-MoE, OLMoE: ``lora.add_lora``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -196,7 +197,8 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
         raise TypeError(f"double_quant must be a bool, got {double_quant!r}")
     if compute_dtype not in COMPUTE_DTYPES:
         raise TypeError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
-    names = [name for name in _resolve_targets(model, target_modules)
+    names, tensors, ranks = _plan(model, target_modules, target_parameters, r, lora_alpha)
+    names = [name for name in names
              if isinstance(model.get_submodule(name), nn.Linear) or is_conv1d(model.get_submodule(name))]
     if not names:
         raise ValueError(f"target_modules={target_modules!r} selects no nn.Linear layer of {type(model).__name__} "
@@ -205,7 +207,6 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
         if r > min(linear_features(model.get_submodule(name))):
             raise ValueError(f"r must be <= min(in_features, out_features) = "
                              f"{min(linear_features(model.get_submodule(name)))} for {name}, got r={r}")
-    tensors = resolve_parameters(model, target_parameters) if target_parameters is not None else []
     warn_left_out(model, "prepare_qlora quantizes")
     model.requires_grad_(False)
     for name in names:
@@ -213,5 +214,5 @@ def prepare_qlora(model: nn.Module, r: int = 16, lora_alpha: float = 32,
         layer = QLoRALinear.from_linear(model.get_submodule(name), r, lora_alpha, lora_dropout, blocksize,
                                         double_quant, compute_dtype)
         setattr(model.get_submodule(parent) if parent else model, child, layer.train(model.training))
-    add_parameter_lora(model, tensors, r, lora_alpha)
+    add_parameter_lora(model, tensors, r, lora_alpha, ranks=ranks)
     return model
