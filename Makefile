@@ -70,8 +70,10 @@ course: install-course
 	$(BIN)/python -m qlora_lessons
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
 
+# PYTEST_ARGS narrows or extends the run, e.g. PYTEST_ARGS='-m "not notebook_run"' leaves out the lessons run
+# again top to bottom (other seeds, another model), which .ci/run schedules beside the portable notebooks
 test: install $(VENV)/.qlora-lessons-site
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-portable: install
 	@for variant in $(VARIANT); do \

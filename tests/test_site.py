@@ -135,14 +135,21 @@ def test_a_module_that_no_lesson_claims_stops_the_build():
 
 
 def _widget_functions() -> set[str]:
-    """The library's public functions that build ipywidgets (they import it): they need a live kernel."""
+    """The library's public functions that build ipywidgets (they import it, through ``course_import("ipywidgets")``
+    or an import statement): they need a live kernel."""
+
+    def imports_ipywidgets(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            return "ipywidgets" in (getattr(node, "module", None) or "") or any(
+                "ipywidgets" in alias.name for alias in node.names)
+        return (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "course_import"
+                and any(isinstance(arg, ast.Constant) and arg.value == "ipywidgets" for arg in node.args))
+
     names = set()
     for path in (ROOT / "qlora_lessons").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-                imports = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
-                if any("ipywidgets" in (getattr(n, "module", None) or "") or
-                       any("ipywidgets" in alias.name for alias in n.names) for n in imports):
+                if any(imports_ipywidgets(inner) for inner in ast.walk(node)):
                     names.add(node.name)
     return names
 
