@@ -1,5 +1,7 @@
 # The two commands of the README:
-#   make course   set up a virtual environment (first run only) and open the course in JupyterLab
+#   make course   set up a virtual environment (first run only) and open the course in JupyterLab: your copies of
+#                 the lessons in workspace/ (git ignores it; lessons not there yet are copied from notebooks/)
+#   make fresh LESSON=04   a fresh copy of one lesson in workspace/ (the old copy goes to workspace/backup/)
 #   make test     set up the same environment and run the whole test suite (library tests and every notebook)
 # and, for maintainers (CONTRIBUTING.md):
 #   make test-portable   the notebooks again as other machines run them: torch's plain (non-vectorized) CPU
@@ -24,7 +26,7 @@ PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install gpu-check clean-venv
+.PHONY: course fresh test test-portable install gpu-check clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +39,12 @@ install: $(STAMP)
 
 course: install
 	$(BIN)/python -m qlora_lessons
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
+	$(BIN)/python -m qlora_lessons.workspace prepare
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) workspace/00_start_here.ipynb
+
+fresh: install
+	@test -n "$(LESSON)" || { echo "usage: make fresh LESSON=04"; exit 2; }
+	$(BIN)/python -m qlora_lessons.workspace fresh $(LESSON)
 
 test: install
 	$(BIN)/python -m pytest
