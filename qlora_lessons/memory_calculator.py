@@ -177,7 +177,8 @@ def memory_calculator():
         "model": widgets.Dropdown(options=CALCULATOR_MODELS, value=start["model"], description="model",
                                   style=_LABEL, layout=sized("340px")),
         "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method",
-                                        style={**_LABEL, "button_width": "72px"}, layout=sized("400px")),
+                                        style={**_LABEL, "button_width": "72px"},
+                                        layout=widgets.Layout(width="400px", display="flex", align_items="center")),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype",
                                   style={"description_width": "50px"}, layout=sized("190px")),
         "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer",
@@ -225,4 +226,6 @@ def memory_calculator():
     widgets.interactive_output(redraw, knobs)
     rows = [widgets.HBox([knobs[name] for name in row], layout=widgets.Layout(flex_flow="row wrap"))
             for row in _ROWS]
-    return MemoryCalculator([*rows, knobs["config"], widgets.HBox([figure, table])])
+    calculator = MemoryCalculator([*rows, knobs["config"], widgets.HBox([figure, table])])
+    calculator.add_class("qlora-calculator")
+    return calculator

@@ -36,7 +36,8 @@ def report(name: str, ok: bool, hint: str = "", *, answer: object = _NO_ANSWER) 
     answer and run the cell again.``
     """
     if answer is not _NO_ANSWER and unanswered(answer):
-        print(f"… {name}: not answered yet: replace the ... with your answer and run the cell again."
+        placeholder = "None" if answer is None else "the ..."
+        print(f"… {name}: not answered yet: replace {placeholder} with your answer and run the cell again."
               + (f" Hint: {hint}" if hint else ""))
         return False
     if ok:
