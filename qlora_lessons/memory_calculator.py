@@ -188,7 +188,7 @@ def memory_calculator():
         "targets": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["targets"],
                                     description="LoRA on", style={"description_width": "70px"}, layout=sized("260px")),
         "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch",
-                                        continuous_update=False, style=_LABEL, layout=sized("440px")),
+                                        continuous_update=False, style=_LABEL, layout=sized("480px")),
         "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],
                                     description="seq len", style={"description_width": "70px"},
                                     layout=sized("220px")),
@@ -226,6 +226,7 @@ def memory_calculator():
     widgets.interactive_output(redraw, knobs)
     rows = [widgets.HBox([knobs[name] for name in row], layout=widgets.Layout(flex_flow="row wrap"))
             for row in _ROWS]
-    calculator = MemoryCalculator([*rows, knobs["config"], widgets.HBox([figure, table])])
+    drawn = widgets.HBox([figure, table], layout=widgets.Layout(flex_flow="row wrap"))  # narrow: table below
+    calculator = MemoryCalculator([*rows, knobs["config"], drawn])
     calculator.add_class("qlora-calculator")
     return calculator

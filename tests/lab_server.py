@@ -36,14 +36,16 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def jupyterlab(root: Path, scratch: Path, *extra: str, timeout: float = 90) -> Iterator[Server]:
     """Start ``python -m jupyterlab`` serving ``root``, with config, data and runtime folders in ``scratch``
-    (nothing of the user's own Jupyter setup is read or written); wait until it answers; stop it afterwards."""
+    (nothing of the user's own Jupyter setup is read or written); wait until it answers; stop it afterwards.
+    Its kernels draw figures as a learner's do: the tests' ``MPLBACKEND=Agg`` (conftest.py) is not passed on."""
     server = Server(_free_port(), secrets.token_hex(16))
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={server.port}",
                f"--IdentityProvider.token={server.token}", f"--ServerApp.root_dir={root}",
                "--ServerApp.port_retries=0", *extra]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI often run as root
         command.append("--allow-root")
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"),
+    inherited = {name: value for name, value in os.environ.items() if name != "MPLBACKEND"}  # conftest's Agg
+    env = {**inherited, "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"),
            "JUPYTER_CONFIG_DIR": str(scratch / "config"), "JUPYTER_DATA_DIR": str(scratch / "data")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
