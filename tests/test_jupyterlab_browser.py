@@ -104,6 +104,26 @@ def test_run_all_in_jupyterlab_then_turn_the_calculator(tmp_path):
                 html = calculator.evaluate("(element) => element.innerText")
                 raise AssertionError(f"the calculator shows no figure; it shows:\n{html[:2000]}") from None
             before = figure.get_attribute("src"), table.inner_text()
+            handle = page.locator(".qlora-calculator-batch .noUi-handle, .qlora-calculator-batch .ui-slider-handle")
+            handle.first.scroll_into_view_if_needed()
+            box = handle.first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2, steps=6)
+            page.mouse.up()
+            readout = page.locator(".qlora-calculator-batch .widget-readout").first
+            page.wait_for_function("(text) => document.querySelector('.qlora-calculator-batch .widget-readout')"
+                                   ".innerText !== text", arg="1", timeout=30_000)  # the drag moved the slider
+            page.wait_for_function("""([src, text]) => {
+                const img = document.querySelector(".qlora-calculator-figure img");
+                const pre = document.querySelector(".qlora-calculator-table pre");
+                return img && pre && img.src !== src && pre.innerText !== text; }""", arg=list(before),
+                                   timeout=120_000)  # and the kernel redrew the figure and the breakdown
+            batch = int(readout.inner_text())
+            assert 1 < batch < 32, f"a 60-px drag moved the batch slider from 1 to {batch}"
+            after = table.inner_text()
+            assert after != before[1] and figure.get_attribute("src") != before[0]
+            print(f"batch slider dragged 1 -> {batch}: figure and breakdown redrawn\n{before[1]}\n->\n{after}")
             for width in (1440, 1280):
                 page.set_viewport_size({"width": width, "height": 900})
                 page.wait_for_timeout(500)
@@ -113,24 +133,6 @@ def test_run_all_in_jupyterlab_then_turn_the_calculator(tmp_path):
                 assert layout["track"] >= 200, f"at {width} px the batch slider's track is {layout['track']} px"
                 assert layout["buttons"] == 3 and layout["button_rows"] == 1, f"at {width} px: {layout}"
                 assert layout["cut_labels"] == [], f"at {width} px these labels are cut: {layout['cut_labels']}"
-
-            handle = page.locator(".qlora-calculator-batch .noUi-handle, .qlora-calculator-batch .ui-slider-handle")
-            box = handle.first.bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2, steps=6)
-            page.mouse.up()
-            readout = page.locator(".qlora-calculator-batch .widget-readout").first
-            page.wait_for_function("""([src, text]) => {
-                const img = document.querySelector(".qlora-calculator-figure img");
-                const pre = document.querySelector(".qlora-calculator-table pre");
-                return img && pre && img.src !== src && pre.innerText !== text; }""", arg=list(before),
-                                   timeout=60_000)
-            batch = int(readout.inner_text())
-            assert 1 < batch < 32, f"a 60-px drag moved the batch slider from 1 to {batch}"
-            after = table.inner_text()
-            assert after != before[1] and figure.get_attribute("src") != before[0]
-            print(f"batch slider dragged 1 -> {batch}: figure and breakdown redrawn\n{before[1]}\n->\n{after}")
         finally:
             browser.close()
     print(f"test total: {time.perf_counter() - started:.1f} s; screenshots in {shots}")
