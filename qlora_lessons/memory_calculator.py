@@ -205,18 +205,20 @@ def memory_calculator():
 
     def redraw(**values) -> None:
         knobs["config"].layout.display = None if values["model"] == YOUR_MODEL else "none"
-        with figure, table:
-            figure.clear_output(wait=True)
-            table.clear_output(wait=True)
         try:
-            with figure:
-                estimate = plot_memory_calculator(**values)
-                plt.show()
+            estimate = plot_memory_calculator(**values)  # a new figure, shown in the figure's output below
         except ValueError as error:  # a pasted config that cannot be read: the message, not a traceback
+            with figure:
+                figure.clear_output()
             with table:
+                table.clear_output()
                 print(error)
             return
+        with figure:  # each output cleared inside its own block: a clear inside another's block goes there
+            figure.clear_output(wait=True)
+            plt.show()
         with table:
+            table.clear_output(wait=True)
             print(breakdown_table(estimate))
 
     class MemoryCalculator(widgets.VBox):
