@@ -103,6 +103,8 @@ def test_run_all_in_jupyterlab_then_turn_the_calculator(tmp_path):
                 page.screenshot(path=str(shots / "calculator-missing.png"))
                 html = calculator.evaluate("(element) => element.innerText")
                 raise AssertionError(f"the calculator shows no figure; it shows:\n{html[:2000]}") from None
+            page.wait_for_function("() => document.querySelector('.qlora-calculator-table pre')?.innerText"
+                                   ".includes('peak')", timeout=60_000)  # the breakdown is drawn
             before = figure.get_attribute("src"), table.inner_text()
             handle = page.locator(".qlora-calculator-batch .noUi-handle, .qlora-calculator-batch .ui-slider-handle")
             handle.first.scroll_into_view_if_needed()
@@ -117,12 +119,15 @@ def test_run_all_in_jupyterlab_then_turn_the_calculator(tmp_path):
             page.wait_for_function("""([src, text]) => {
                 const img = document.querySelector(".qlora-calculator-figure img");
                 const pre = document.querySelector(".qlora-calculator-table pre");
-                return img && pre && img.src !== src && pre.innerText !== text; }""", arg=list(before),
+                return img && pre && img.src !== src && pre.innerText.includes("peak") && pre.innerText !== text;
+                }""", arg=list(before),
                                    timeout=120_000)  # and the kernel redrew the figure and the breakdown
             batch = int(readout.inner_text())
             assert 1 < batch < 32, f"a 60-px drag moved the batch slider from 1 to {batch}"
             after = table.inner_text()
-            assert after != before[1] and figure.get_attribute("src") != before[0]
+            assert after != before[1] and figure.get_attribute("src") != before[0] and figure.count() == 1
+            line = next(line for line in after.splitlines() if line.startswith("activations"))
+            assert line not in before[1], f"batch {batch}: the activations line did not change: {line}"
             print(f"batch slider dragged 1 -> {batch}: figure and breakdown redrawn\n{before[1]}\n->\n{after}")
             for width in (1440, 1280):
                 page.set_viewport_size({"width": width, "height": 900})
