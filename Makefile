@@ -1,7 +1,11 @@
 # The two commands of the README:
-#   make course   set up a virtual environment with the course extra (first run only) and open the course in JupyterLab
+#   make course   set up a virtual environment with the course extra (first run only) and open the course in
+#                 JupyterLab: your copies of the lessons in workspace/ (git ignores it; lessons not there yet are
+#                 copied from notebooks/)
 #   make test     add the test tools (the dev and site extras) and run the whole test suite (library tests and every
 #                 notebook)
+# and for learners:
+#   make fresh LESSON=04   a fresh copy of one lesson in workspace/ (the old copy goes to workspace/backup/)
 # and, for a workshop in a room without reliable Wi-Fi (workshop/README.md):
 #   make wheelhouse   download every wheel the course needs into wheelhouse/ (for a USB stick or a local share);
 #                     PLATFORM (one or more wheel platform tags) and PYTHON_VERSION pick another machine's wheels,
@@ -45,7 +49,7 @@ PORTABLE_kernels := ATEN_CPU_CAPABILITY=default
 PORTABLE_threads := OMP_NUM_THREADS=1
 PORTABLE_both-at-once := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 
-.PHONY: course test test-portable install install-course gpu-check clean-venv site wheelhouse
+.PHONY: course fresh test test-portable install install-course gpu-check clean-venv site wheelhouse
 
 # $(VENV)/.qlora-lessons-course: the environment with the course extra installed (JupyterLab, ipywidgets,
 # matplotlib); -dev: the course and its test tools (the dev extra includes the course extra)
@@ -68,7 +72,12 @@ $(VENV)/.qlora-lessons-site: $(VENV)/.qlora-lessons-dev
 
 course: install-course
 	$(BIN)/python -m qlora_lessons
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/00_start_here.ipynb
+	$(BIN)/python -m qlora_lessons.workspace prepare
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) workspace/00_start_here.ipynb
+
+fresh: install-course
+	@test -n "$(LESSON)" || { echo "usage: make fresh LESSON=04"; exit 2; }
+	$(BIN)/python -m qlora_lessons.workspace fresh $(LESSON)
 
 # PYTEST_ARGS narrows or extends the run, e.g. PYTEST_ARGS='-m "not notebook_run"' leaves out the lessons run
 # again top to bottom (other seeds, another model), which .ci/run schedules beside the portable notebooks

@@ -30,8 +30,8 @@ def plot_flow(steps: Sequence[tuple[str, str]], title: str = "", colors: Sequenc
         x = i * (width + gap)
         ax.add_patch(FancyBboxPatch((x, 0), width, 1, boxstyle="round,pad=0.03", fc=colors[i % len(colors)],
                                     ec="#555555"))
-        ax.text(x + width / 2, 0.72, heading, ha="center", va="center", fontsize=10, weight="bold", wrap=True)
-        ax.text(x + width / 2, 0.35, detail, ha="center", va="center", fontsize=8, wrap=True)
+        ax.text(x + width / 2, 0.72, heading, ha="center", va="center", fontsize="medium", weight="bold", wrap=True)
+        ax.text(x + width / 2, 0.35, detail, ha="center", va="center", fontsize="small", wrap=True)
         if i < n - 1:
             ax.annotate("", xy=(x + width + gap - 0.03, 0.5), xytext=(x + width + 0.03, 0.5),
                         arrowprops={"arrowstyle": "->", "lw": 1.5})
@@ -39,7 +39,7 @@ def plot_flow(steps: Sequence[tuple[str, str]], title: str = "", colors: Sequenc
     ax.set_ylim(-0.15, 1.15)
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(title, fontsize="large")
     fig.tight_layout()
     plt.close(fig)  # returned, not drawn twice: a notebook shows the returned figure once
     return fig
@@ -89,16 +89,16 @@ def plot_memory_map(steps: Sequence[tuple[str, Any]], budgets: dict[str, float] 
                      for name, value in steps[0][1].parts().items() if value >= 0.5e9]
             half = (len(parts) + 1) // 2
             ax.text(min(totals) / 1.8, y, ", ".join(parts[:half]) + ",\n" + ", ".join(parts[half:]) + " GB",
-                    va="center", fontsize=7)
+                    va="center", fontsize="small")
             detail = "the whole bill"
         else:
             detail = _shrunk(steps[i - 1][1], steps[i][1])
-        ax.text(total * 1.08, y, f"{total:,.1f} GB   ({detail})", va="center", fontsize=8)
+        ax.text(total * 1.08, y, f"{total:,.1f} GB   ({detail})", va="center", fontsize="small")
     for k, (name, size) in enumerate((budgets or {}).items()):
         ax.axvline(size / 1e9, color="gray", linestyle="--", linewidth=0.8)
-        ax.text(size / 1e9, len(steps) - 0.5 + 0.22 * (k % 2), name, ha="center", va="bottom", fontsize=7,
+        ax.text(size / 1e9, len(steps) - 0.5 + 0.22 * (k % 2), name, ha="center", va="bottom", fontsize="small",
                 color="gray")
-    ax.set_yticks(list(ys), [label for label, _ in steps], fontsize=8)
+    ax.set_yticks(list(ys), [label for label, _ in steps], fontsize="small")
     ax.set_xscale("log")
     low, high = min(totals) / 2, max(totals) * 16  # room for the notes on the right
     ticks = [m * 10 ** e for e in range(-1, 6) for m in (1, 3) if low <= m * 10 ** e <= high]

@@ -132,7 +132,7 @@ def plot_exact_match(scores: dict[str, dict[str, float]], title: str = "Held-out
                       label="always the commonest answer" if g == 0 else None)
     ax.set_xticks(range(len(groups)), groups)
     ax.set(ylim=(0, 1.05), ylabel="exact match", title=title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     plt.close(fig)
     return fig

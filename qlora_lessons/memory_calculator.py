@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from qlora_lessons.course_extra import course_import
-from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown
+from qlora_lessons.memory import MODEL_NAMES, MemoryBreakdown, _gb
 from qlora_lessons.memory_estimate import METHODS, OPTIMIZERS, estimate_training_memory
 from qlora_lessons.memory_models import PRESET_NAMES, load_config, model_shape
 from qlora_lessons.renamed_arguments import rename_settings
@@ -43,7 +43,7 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
         if ax is not None or not set(zoom) <= set(breakdowns or {}) or not zoom:
             raise ValueError(f"zoom must name some of the breakdowns ({list(breakdowns or {})}) and comes without ax; "
                              f"got {zoom!r}")
-        figure, (ax, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [len(breakdowns),
+        figure, (ax, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [len(breakdowns),
                                                                                                len(zoom)]})
         plot_memory_breakdown({name: breakdowns[name] for name in zoom}, budgets_gb=budgets_gb, ax=right,
                               title="zoomed")
@@ -69,19 +69,25 @@ def plot_memory_breakdown(breakdowns: dict[str, MemoryBreakdown], *, budgets_gb=
         peak = breakdowns[name].total / 1e9
         ax.plot([index - 0.35, index + 0.35], [peak, peak], color="black", linewidth=2.5,
                 label="peak" if index == 0 else None)
-        ax.annotate(f"{peak:.1f}", (index, peak), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(f"{peak:.1f}", (index, peak), xytext=(0, 3), textcoords="offset points", ha="center",
+                    fontsize="small")
     top = max(sum(getattr(b, part) for part in _ORDER) for b in breakdowns.values()) / 1e9
     gb = {budget: budget * 2**30 / 1e9 for budget in sorted(budgets_gb)}  # a card of "N GB" holds N GiB
     above = [budget for budget in gb if gb[budget] > top][:1]  # the smallest GPU that holds every bar
-    for budget in [budget for budget in gb if gb[budget] <= top] + above:
+    drawn = [budget for budget in gb if gb[budget] <= top] + above
+    ax.set_ylim(0, max([top] + [gb[budget] for budget in drawn]) * 1.08)
+    gap = 0.075 * ax.get_ylim()[1]  # about one line of label text on a figure 3 inches high
+    label_y = -gap
+    for budget in drawn:
         ax.axhline(gb[budget], color="gray", linestyle="--", linewidth=0.8)
-        ax.text(len(names) - 0.45, gb[budget], f"{budget} GiB card", va="center", ha="left", fontsize=7,
-                color="dimgray", zorder=5)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
+        label_y = max(gb[budget], label_y + gap)  # lines closer than a line of text: the upper label moves up
+        ax.text(len(names) - 0.45, label_y, f"{budget} GiB card", va="center", ha="left", fontsize="small",
+                color="dimgray", zorder=5, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("GB (1e9 bytes)")
     ax.set_title(title or "memory of one training step")
-    ax.set_xlim(-0.5, len(names) + 0.35)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(-0.5, len(names) + 0.55)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
@@ -138,48 +144,97 @@ def plot_memory_calculator(**knobs):
     return estimate
 
 
+def breakdown_table(breakdown: MemoryBreakdown) -> str:
+    """The parts of ``breakdown`` one per line, and the peak: short lines that a narrow output never wraps.
+
+    Example: ``print(breakdown_table(estimate_training_memory("llama-13b", method="qlora")))`` prints
+    ``weights            6.5 GB`` ... ``peak              10.3 GB``.
+    """
+    if not isinstance(breakdown, MemoryBreakdown):
+        raise TypeError(f"breakdown must be a MemoryBreakdown, got {type(breakdown).__name__}")
+    rows = [(part.replace("_", " "), getattr(breakdown, part)) for part in _ORDER] + [("peak", breakdown.total)]
+    return "\n".join(f"{name:16s}{_gb(value):>10s}" for name, value in rows)
+
+
+# Widths in CSS pixels: every row fits the output area of a notebook in a 1280-pixel window with JupyterLab's
+# file browser open (about 860 px), and the labels (description_width) are as wide in every row.
+_LABEL = {"description_width": "110px"}
+_ROWS = (("model", "dtype", "optimizer"), ("method", "checkpointing"), ("batch_size", "seq_len"),
+         ("lora_r", "targets"))
+
+
 def memory_calculator():
     """An ipywidgets calculator: pick model, method, dtype, optimizer, rank, batch, sequence length, checkpointing.
 
     Returns the widget (the last line of a notebook cell shows it); each change redraws the bar of
-    ``estimate_training_memory`` for the setting against the GPU budget lines (``plot_memory_calculator``).
+    ``estimate_training_memory`` for the setting against the GPU budget lines (``plot_memory_calculator``)
+    and prints its parts (``breakdown_table``) beside it. The config.json box shows only for "your model".
     Example: ``memory_calculator()`` as the last line of a cell.
     """
     widgets = course_import("ipywidgets")
     plt = course_import("matplotlib.pyplot")
 
+    def sized(width: str) -> widgets.Layout:
+        return widgets.Layout(width=width)
+
     start = CALCULATOR_START
     knobs = {
-        "model": widgets.Dropdown(options=CALCULATOR_MODELS, value=start["model"], description="model"),
-        "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method"),
-        "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype"),
-        "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer"),
-        "r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["r"], description="LoRA rank"),
+        "model": widgets.Dropdown(options=CALCULATOR_MODELS, value=start["model"], description="model",
+                                  style=_LABEL, layout=sized("340px")),
+        "method": widgets.ToggleButtons(options=METHODS, value=start["method"], description="method",
+                                        style={**_LABEL, "button_width": "72px"},
+                                        layout=widgets.Layout(width="400px", display="flex", align_items="center")),
+        "dtype": widgets.Dropdown(options=list(DTYPES), value=start["dtype"], description="dtype",
+                                  style={"description_width": "50px"}, layout=sized("190px")),
+        "optimizer": widgets.Dropdown(options=OPTIMIZERS, value=start["optimizer"], description="optimizer",
+                                      style={"description_width": "70px"}, layout=sized("230px")),
+        "r": widgets.Dropdown(options=[4, 8, 16, 32, 64, 128], value=start["r"], description="LoRA rank",
+                                   style=_LABEL, layout=sized("220px")),
         "target_modules": widgets.Dropdown(options=["q_proj, v_proj", "all-linear"], value=start["target_modules"],
-                                    description="LoRA on"),
-        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch"),
+                                           description="LoRA on", style={"description_width": "70px"},
+                                           layout=sized("260px")),
+        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=32, description="batch",
+                                        continuous_update=False, style=_LABEL, layout=sized("480px")),
         "seq_len": widgets.Dropdown(options=[256, 512, 1024, 2048, 4096, 8192], value=start["seq_len"],
-                                    description="seq len"),
-        "checkpointing": widgets.Checkbox(value=start["checkpointing"], description="gradient checkpointing"),
-        "config": widgets.Textarea(value=start["config"], placeholder="model: 'your model', then paste a config.json",
-                                   description="config.json", layout=widgets.Layout(width="60%", height="8em")),
+                                    description="seq len", style={"description_width": "70px"},
+                                    layout=sized("220px")),
+        "checkpointing": widgets.Checkbox(value=start["checkpointing"], description="gradient checkpointing",
+                                          indent=False, layout=sized("240px")),
+        "config": widgets.Textarea(value=start["config"], placeholder="paste the model's config.json here",
+                                   description="config.json", style=_LABEL,
+                                   layout=widgets.Layout(width="760px", height="8em", display="none")),
     }
-    out = widgets.Output()
+    knobs["batch_size"].add_class("qlora-calculator-batch")
+    figure, table = widgets.Output(), widgets.Output(layout=widgets.Layout(margin="24px 0 0 12px"))
+    figure.add_class("qlora-calculator-figure")
+    table.add_class("qlora-calculator-table")
 
     def redraw(**values) -> None:
-        with out:
-            out.clear_output(wait=True)
-            try:
-                print(plot_memory_calculator(**values))
-            except ValueError as error:  # a pasted config that cannot be read: the message, not a traceback
+        knobs["config"].layout.display = None if values["model"] == YOUR_MODEL else "none"
+        try:
+            estimate = plot_memory_calculator(**values)  # a new figure, shown in the figure's output below
+        except ValueError as error:  # a pasted config that cannot be read: the message, not a traceback
+            with figure:
+                figure.clear_output()
+            with table:
+                table.clear_output()
                 print(error)
-                return
+            return
+        with figure:  # each output cleared inside its own block: a clear inside another's block goes there
+            figure.clear_output(wait=True)
             plt.show()
+        with table:
+            table.clear_output(wait=True)
+            print(breakdown_table(estimate))
 
     class MemoryCalculator(widgets.VBox):
         def __repr__(self) -> str:  # what a saved notebook shows where the live widget was
             return "memory calculator: run this cell with a live kernel to turn the knobs"
 
     widgets.interactive_output(redraw, knobs)
-    return MemoryCalculator([widgets.HBox(list(knobs.values())[:4]), widgets.HBox(list(knobs.values())[4:-1]),
-                             knobs["config"], out])
+    rows = [widgets.HBox([knobs[name] for name in row], layout=widgets.Layout(flex_flow="row wrap"))
+            for row in _ROWS]
+    drawn = widgets.HBox([figure, table], layout=widgets.Layout(flex_flow="row wrap"))  # narrow: table below
+    calculator = MemoryCalculator([*rows, knobs["config"], drawn])
+    calculator.add_class("qlora-calculator")
+    return calculator

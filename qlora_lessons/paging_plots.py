@@ -53,11 +53,11 @@ def plot_memory_timeline(*timelines: MemoryTimeline, titles: Sequence[str] | Non
                 ax.plot(x, [v / scale for v in values], marker, markersize=4, label=label)
         if budget is not None:
             ax.axhline(budget / scale, color="red", linestyle="--", label="device budget")
-        ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize=6)
-        ax.set_title(titles[k] if titles else f"peak {format_gb(timeline.peak_bytes)}", fontsize=9)
+        ax.set_xticks(list(x), [e.label for e in timeline.events], rotation=90, fontsize="x-small")
+        ax.set_title(titles[k] if titles else f"peak {format_gb(timeline.peak_bytes)}", fontsize="medium")
     axes[0][0].set_ylabel(f"device memory ({unit})")
     handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
-    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=6, loc="upper left")
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize="x-small", loc="upper left")
     fig.tight_layout()
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig

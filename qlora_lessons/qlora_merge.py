@@ -130,7 +130,7 @@ def plot_merge_retention(results: Mapping[float, MergeRetention]):
         ax.annotate(f"x{label}", (size, r.kept), textcoords="offset points", xytext=(3, 4), fontsize="x-small")
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set(xscale="log", xlabel="|dW| / |W4|", ylabel="share of |dW|", title="merging dW into a 4-bit weight")
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="small")
     plt.close(fig)
     return fig
 

@@ -1,11 +1,22 @@
 """qlora_lessons.exercises: the helpers every lesson's checks share."""
 
+import importlib
+import inspect
 import math
 
 import pytest
 import torch
 
-from qlora_lessons.exercises import agrees, close_to, is_number, report, show_solution
+from qlora_lessons.exercises import (
+    NotAnswered,
+    agrees,
+    attempt,
+    close_to,
+    is_number,
+    report,
+    report_error,
+    show_solution,
+)
 
 
 def test_report_prints_a_tick_or_a_cross_with_the_hint(capsys):
@@ -30,6 +41,14 @@ def reference(x: torch.Tensor) -> torch.Tensor:
     return 2 * x
 
 
+def template(x):
+    ...  # your code
+
+
+def _raise(error: Exception):
+    raise error
+
+
 CASES = [(torch.arange(4.0),), (torch.ones(2, 3),)]
 
 
@@ -41,7 +60,9 @@ CASES = [(torch.arange(4.0),), (torch.ones(2, 3),)]
         (lambda x: x + x + 1e-6, True, False, "Hint: double it"),  # but not exactly equal
         (lambda x: (2 * x).flatten(), False, False, "shape (6,) where (2, 3) was expected"),
         (lambda x: x.nope(), False, False, "your function raised AttributeError"),
-        (lambda x: ..., False, False, "your function raised"),  # the exercise cell left as it is
+        (lambda x: ..., False, False, "your function raised"),  # returns Ellipsis: an answer, a wrong one
+        (template, False, False, "double: not answered yet: write the function's body"),  # the cell left as it is
+        (lambda x: _raise(NotImplementedError()), False, False, "not answered yet"),
         (reference(torch.ones(1)), False, False, "pass your function itself (no brackets), got Tensor"),
     ],
 )
@@ -55,3 +76,41 @@ def test_show_solution_prints_the_source_and_refuses_a_non_function(capsys):
     assert "return 2 * x" in capsys.readouterr().out
     with pytest.raises(TypeError, match="show_solution takes a solution function, got int"):
         show_solution(4)
+
+
+def test_an_unanswered_number_is_not_answered_yet_not_a_cross(capsys):
+    for answer in (..., None):
+        assert report("sum", False, "add them", answer=answer) is False
+        placeholder = "None" if answer is None else "the ..."
+        assert capsys.readouterr().out.startswith(f"… sum: not answered yet: replace {placeholder} with your answer")
+    assert report("sum", False, "add them", answer=0) is False and capsys.readouterr().out.startswith("✗ sum: not yet")
+
+
+def test_attempt_tells_the_template_from_a_failing_function(capsys):
+    assert attempt(lambda x: x + 1, 1) == 2
+    for fn in (template, lambda x: _raise(NotImplementedError())):
+        with pytest.raises(NotAnswered):
+            attempt(fn, 1)
+    with pytest.raises(ZeroDivisionError):
+        attempt(lambda x: x / 0, 1)
+    assert report_error("f", ZeroDivisionError("division by zero")) is False
+    assert capsys.readouterr().out == "✗ f: not yet. Hint: your function raised ZeroDivisionError: division by zero\n"
+
+
+@pytest.mark.parametrize("lesson", [f"lesson{n:02d}" for n in range(9)])
+def test_every_check_says_not_answered_yet_to_its_untouched_template(lesson, capsys):
+    """The exercise cells as a learner first runs them: numbers left as ..., functions whose body is ...
+    Each check must say "not answered yet", never a cross or an error of the course's own code."""
+    module = importlib.import_module(f"qlora_lessons.exercises.{lesson}")
+    checks = [getattr(module, name) for name in dir(module) if name.startswith("check_")]
+    assert checks
+    for check in checks:
+        parameters = [p for p in inspect.signature(check).parameters.values() if p.default is inspect.Parameter.empty]
+        takes_function = parameters[0].name in ("fn", "make_prompt")
+
+        def untouched(*args):
+            ...  # your code
+
+        assert check(*([untouched] if takes_function else [...] * len(parameters))) is False
+        out = capsys.readouterr().out
+        assert "not answered yet" in out and "✗" not in out, f"{check.__name__}: {out}"

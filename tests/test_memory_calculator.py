@@ -14,6 +14,7 @@ from qlora_lessons import (  # noqa: E402
     plot_memory_breakdown,
     plot_memory_calculator,
 )
+from qlora_lessons.memory_calculator import breakdown_table  # noqa: E402
 
 
 def test_one_stacked_bar_per_setting_with_its_peak():
@@ -50,15 +51,60 @@ def test_plot_rejects_what_is_not_a_breakdown():
         plot_memory_breakdown({"x": 208e9})
 
 
+def _knobs(calculator) -> dict:
+    """The calculator's knobs by description, from its rows of widgets."""
+    return {widget.description: widget for row in calculator.children[:-2] for widget in row.children}
+
+
 def test_the_calculator_redraws_when_a_knob_turns():
     calculator = memory_calculator()
-    first_row, second_row, config, out = calculator.children
-    knobs = {widget.description: widget for widget in first_row.children + second_row.children}
-    assert {"model", "method", "dtype", "optimizer", "LoRA rank", "batch", "seq len"} <= set(knobs)
+    knobs = _knobs(calculator)
+    assert {"model", "method", "dtype", "optimizer", "LoRA rank", "LoRA on", "batch", "seq len",
+            "gradient checkpointing"} == set(knobs)
     knobs["method"].value = "full"
     knobs["model"].value = "llama-7b"
     knobs["gradient checkpointing"].value = True
-    assert out is calculator.children[-1]
+    figure, table = calculator.children[-1].children
+    assert "qlora-calculator-figure" in figure._dom_classes and "qlora-calculator-batch" in knobs["batch"]._dom_classes
+    plt.close("all")
+
+
+def test_the_calculator_fits_a_1280_pixel_window():
+    """Each row of knobs fits the output area of a notebook in a 1280-px window with the file browser open
+    (about 860 px); the slider's track is wide enough to drag; the method buttons stay on one row."""
+    calculator = memory_calculator()
+
+    def px(value: str) -> int:
+        assert value.endswith("px"), value
+        return int(value[:-2])
+
+    for row in calculator.children[:-2]:
+        assert sum(px(widget.layout.width) for widget in row.children) <= 860, [w.description for w in row.children]
+    knobs = _knobs(calculator)
+    batch = knobs["batch"]
+    assert px(batch.layout.width) - px(batch.style.description_width) >= 250  # the track and its readout
+    method = knobs["method"]
+    buttons = len(method.options) * (px(method.style.button_width) + 8)  # 8 px of margins per button
+    assert px(method.style.description_width) + buttons <= px(method.layout.width)
+    assert not knobs["gradient checkpointing"].indent  # the label right of the box, not cut at the left
+    plt.close("all")
+
+
+def test_the_breakdown_prints_in_short_lines():
+    estimate = estimate_training_memory("llama-13b", method="qlora", weight_dtype=torch.bfloat16)
+    lines = breakdown_table(estimate).splitlines()
+    assert len(lines) == 7 and max(len(line) for line in lines) <= 30
+    assert lines[0].startswith("weights") and lines[-1].startswith("peak") and lines[-1].endswith("GB")
+    with pytest.raises(TypeError, match="breakdown"):
+        breakdown_table(11e9)
+
+
+def test_budget_labels_do_not_overlap():
+    settings = {"full": estimate_training_memory("llama-13b"),
+                "QLoRA": estimate_training_memory("llama-13b", method="qlora", weight_dtype=torch.bfloat16)}
+    ax = plot_memory_breakdown(settings)
+    ys = sorted(text.get_position()[1] for text in ax.texts if "GiB card" in text.get_text())
+    assert len(ys) == 4 and min(b - a for a, b in zip(ys, ys[1:])) >= 0.07 * ax.get_ylim()[1]  # 16 and 24 apart
     plt.close("all")
 
 
@@ -102,9 +148,12 @@ def test_a_bad_pasted_config_gives_a_message_not_a_traceback(capsys):
     with pytest.raises(ValueError, match="model_type"):
         plot_memory_calculator(model=YOUR_MODEL, config='{"hidden_size": 8}')
     calculator = memory_calculator()
-    rows = calculator.children
-    rows[0].children[0].value = YOUR_MODEL
-    rows[2].value = "not json"
-    shown = capsys.readouterr().out + "".join(o.get("text", "") for o in rows[-1].outputs)  # no kernel: stdout
+    config = calculator.children[-2]
+    assert config.layout.display == "none"  # the box shows only for "your model"
+    _knobs(calculator)["model"].value = YOUR_MODEL
+    assert config.layout.display is None
+    config.value = "not json"
+    table = calculator.children[-1].children[1]
+    shown = capsys.readouterr().out + "".join(o.get("text", "") for o in table.outputs)  # no kernel: stdout
     assert "not valid JSON" in shown and "Traceback" not in shown
     plt.close("all")

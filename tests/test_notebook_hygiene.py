@@ -65,7 +65,20 @@ def test_notebook_is_saved_as_jupyterlab_saves_it(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_images_are_small(path):
     size = path.stat().st_size
-    assert size < 1_500_000, f"{path.name} is {size / 1e6:.1f} MB; keep figures small (dpi 72)"
+    assert size < 1_500_000, f"{path.name} is {size / 1e6:.1f} MB; keep figures small (env.FIGURE_STYLE)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercise_cells_show_no_bare_true_or_false(path):
+    """A check's True/False is for asserts; in an exercise cell Jupyter would print it under the check's own
+    line (end the cell with `;`)."""
+    nb = json.loads(path.read_text())
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code" and ".check_" in "".join(cell["source"]):
+            shown = [output["data"].get("text/plain") for output in cell.get("outputs", [])
+                     if output["output_type"] == "execute_result"]
+            assert not any(text in (["False"], ["True"], "False", "True") for text in shown), (
+                f"cell {index} shows a bare {shown}: end it with ';'")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

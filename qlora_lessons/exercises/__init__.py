@@ -15,18 +15,62 @@ from typing import TypeGuard
 
 import torch
 
+_NO_ANSWER = object()  # report's default: the check grades something other than a typed-in answer
 
-def report(name: str, ok: bool, hint: str = "") -> bool:
-    """Print one line, a tick or a cross with a hint, and return ``ok``.
 
-    Example: ``report("absmax", False, "divide by the largest |x|")`` prints
-    ``✗ absmax: not yet. Hint: divide by the largest |x|`` and returns ``False``.
+class NotAnswered(Exception):
+    """Raised by ``attempt`` when a learner's function is still the exercise's template (its body ``...``)."""
+
+
+def unanswered(answer: object) -> bool:
+    """True for what an exercise template holds before the learner writes anything: ``...`` or ``None``."""
+    return answer is Ellipsis or answer is None
+
+
+def report(name: str, ok: bool, hint: str = "", *, answer: object = _NO_ANSWER) -> bool:
+    """Print one line, a tick, a cross with a hint, or "not answered yet"; return ``ok`` (False when unanswered).
+
+    ``answer``: the learner's answer, when the check grades one; ``...`` or ``None`` (the template as it
+    is) prints ``… name: not answered yet`` instead of a cross. Example: ``report("absmax", False, "divide
+    by the largest |x|")`` prints ``✗ absmax: not yet. Hint: divide by the largest |x|`` and returns ``False``;
+    ``report("absmax", False, answer=...)`` prints ``… absmax: not answered yet: replace the ... with your
+    answer and run the cell again.``
     """
+    if answer is not _NO_ANSWER and unanswered(answer):
+        placeholder = "None" if answer is None else "the ..."
+        print(f"… {name}: not answered yet: replace {placeholder} with your answer and run the cell again."
+              + (f" Hint: {hint}" if hint else ""))
+        return False
     if ok:
         print(f"✓ {name}: correct")
     else:
         print(f"✗ {name}: not yet." + (f" Hint: {hint}" if hint else ""))
     return bool(ok)
+
+
+def attempt(fn: Callable, *args: object) -> object:
+    """Call a learner's function; raise ``NotAnswered`` if it is the untouched template.
+
+    Untouched means it returns ``None`` (a body that is only ``...`` or ``return None``) or raises
+    ``NotImplementedError``. Checks call ``attempt(fn, x)`` where they would call ``fn(x)``, inside the
+    ``try`` whose ``except Exception as error`` ends in ``return report_error(name, error)``.
+    """
+    try:
+        result = fn(*args)
+    except NotImplementedError:
+        raise NotAnswered from None
+    if result is None:
+        raise NotAnswered
+    return result
+
+
+def report_error(name: str, error: Exception) -> bool:
+    """Report a learner's function that failed: "not answered yet" for the template (``NotAnswered``), else
+    the error's type and message as the hint (the cell does not crash). Returns False."""
+    if isinstance(error, NotAnswered):
+        print(f"… {name}: not answered yet: write the function's body (it still returns None) and run the cell again")
+        return False
+    return report(name, False, f"your function raised {type(error).__name__}: {error}")
 
 
 def is_number(answer: object) -> TypeGuard[int | float]:
@@ -47,16 +91,17 @@ def agrees(name: str, fn: Callable, reference: Callable, cases: list[tuple], hin
     """Call a learner's ``fn`` and ``reference`` on each case; report whether the results agree.
 
     Agree means the same shape and, with ``exact``, the same values (``torch.equal``), else values within
-    ``atol`` plus a relative 1e-4. A function that raises is reported with its error, not raised.
+    ``atol`` plus a relative 1e-4. A function that raises is reported with its error, not raised; the untouched template
+    (returning None) is reported as not answered yet (``attempt``).
     """
     if not callable(fn):
         return report(name, False, f"pass your function itself (no brackets), got {type(fn).__name__}")
     for case in cases:
         expected = torch.as_tensor(reference(*case))
         try:
-            got = torch.as_tensor(fn(*case))
+            got = torch.as_tensor(attempt(fn, *case))
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report(name, False, f"your function raised {type(error).__name__}: {error}")
+            return report_error(name, error)
         if got.shape != expected.shape:
             return report(name, False, f"shape {tuple(got.shape)} where {tuple(expected.shape)} was expected. {hint}")
         got = got.to(expected.dtype)

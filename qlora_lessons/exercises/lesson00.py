@@ -18,7 +18,7 @@ def graded(name: str, measured: object, expected: float, prediction: object, hin
     Example: ``graded("bytes", 8, 8, 4, "...")`` prints ``✓ bytes: correct`` and
     ``your prediction 4 was 50% below the measured 8``, and returns True.
     """
-    ok = report(name, close_to(measured, expected, rel_tol=rel_tol), hint)
+    ok = report(name, close_to(measured, expected, rel_tol=rel_tol), hint, answer=measured)
     if ok and is_number(prediction):
         gap = (prediction - expected) / expected if expected else float(prediction != expected)
         print(f"  your prediction {prediction:,} was " + ("exactly right" if gap == 0 else
@@ -34,7 +34,7 @@ def solution_float32_bytes() -> int:
 def check_float32_bytes(answer: int) -> bool:
     """Your number of bytes in one float32."""
     return report("bytes of one float32", is_number(answer) and answer == solution_float32_bytes(),
-                  "32 bits, 8 bits per byte")
+                  "32 bits, 8 bits per byte", answer=answer)
 
 
 def solution_course_model_bytes() -> int:

@@ -10,7 +10,7 @@ from collections import Counter
 from functools import lru_cache
 
 from qlora_lessons.data import load_task, with_shots
-from qlora_lessons.exercises import is_number, report
+from qlora_lessons.exercises import attempt, is_number, report, report_error
 from qlora_lessons.exercises.lesson00 import graded
 
 
@@ -48,7 +48,7 @@ def check_few_shot_loss(answer: float, shots: int = 8, prediction: object = None
         raise ValueError(f"shots must be an int from 0 to 16, got {shots!r}")
     hint = f"answer_loss(base_model, tokenizer, with_shots(test, train[:{shots}])) on the pretrained model"
     if not is_number(answer):
-        return report(f"{shots}-shot answer loss", False, hint)
+        return report(f"{shots}-shot answer loss", False, hint, answer=answer)
     return graded(f"{shots}-shot answer loss", answer, solution_few_shot_loss(shots), prediction, hint, rel_tol=1e-4)
 
 
@@ -70,13 +70,15 @@ def check_probe_after_finetuning(model, answer: float, prediction: object = None
     from qlora_lessons.models import load_model
 
     if not hasattr(model, "generate"):
-        return report("probe after fine-tuning", False, "pass the fine-tuned model itself as the first argument")
+        return report("probe after fine-tuning", False, "pass the fine-tuned model itself as the first argument",
+                      answer=model)
     _, tokenizer = load_model("course-model")
     if exact_match(model, tokenizer, load_task("train")[::20]) < 0.5:  # 240 questions: enough to tell
         return report("probe after fine-tuning", False, "fine-tune the model first: finetune(model_3, tokenizer, "
-                      "train, steps=FULL_STEPS, lr=3e-3), until it answers the training questions")
+                      "train, steps=FULL_STEPS, lr=3e-3), until it answers the training questions", answer=model)
     if not is_number(answer):
-        return report("probe after fine-tuning", False, "answer_3 = probe_knowledge(model_3, tokenizer, 'test')")
+        return report("probe after fine-tuning", False, "answer_3 = probe_knowledge(model_3, tokenizer, 'test')",
+                      answer=model)
     return graded("probe after fine-tuning", answer, probe_knowledge(model, tokenizer, "test"), prediction,
                   "probe_knowledge(model_3, tokenizer, 'test'), on the model you fine-tuned", rel_tol=1e-9)
 
@@ -92,7 +94,7 @@ def check_make_prompt(make_prompt) -> bool:
     """Your function ``make_prompt(country, attribute)`` must write prompts exactly as the task does."""
     examples = load_task("test")[::37]
     try:
-        ok = all(make_prompt(e.country, e.attribute) == e.prompt for e in examples)
+        ok = all(attempt(make_prompt, e.country, e.attribute) == e.prompt for e in examples)
     except Exception as error:  # a learner's function may raise anything; report it as a hint
-        return report("make_prompt", False, f"your function raised {type(error).__name__}: {error}")
+        return report_error("make_prompt", error)
     return report("make_prompt", ok, "compare with load_task('train')[0].prompt, spaces and punctuation included")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from qlora_lessons.exercises import close_to, report
+from qlora_lessons.exercises import attempt, close_to, report, report_error
 from qlora_lessons.memory import count_lora_parameters, model_config
 from qlora_lessons.memory_estimate import estimate_training_memory
 
@@ -18,7 +18,8 @@ from qlora_lessons.memory_estimate import estimate_training_memory
 def check_full_finetune_bytes(answer: float) -> bool:
     """Weights + gradients + AdamW states, in bytes, to fine-tune a 7,000,000,000-parameter model in float32."""
     ok = close_to(answer, solution_full_finetune_bytes(), rel_tol=1e-9)
-    return report("full_finetune_bytes", ok, "4 bytes of weight, 4 of gradient and 2 x 4 of AdamW state per parameter")
+    return report("full_finetune_bytes", ok, "4 bytes of weight, 4 of gradient and 2 x 4 of AdamW state per parameter",
+                  answer=answer)
 
 
 def solution_full_finetune_bytes() -> float:
@@ -37,9 +38,9 @@ def check_lora_parameters(fn: Callable) -> bool:
             "in llama-2-70b (grouped-query attention: 8 key/value heads)")
     for config, r, targets in cases:
         try:
-            got = fn(config, r, targets)
+            got = attempt(fn, config, r, targets)
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("lora_parameters", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("lora_parameters", error)
         if got != count_lora_parameters(config, r, targets):
             return report("lora_parameters", False, hint)
     return report("lora_parameters", True)
@@ -59,7 +60,7 @@ def check_double_quant_bits(answer: float) -> bool:
     ok = close_to(answer, solution_double_quant_bits(), abs_tol=1e-6)  # computed, not the rounded 4.127 of the lesson
     hint = ("4 bits of code + an 8-bit absmax per 64 values + a 32-bit absmax per 64 * 256 values "
             "(compute it, unrounded)")
-    return report("double_quant_bits", ok, hint)
+    return report("double_quant_bits", ok, hint, answer=answer)
 
 
 def solution_double_quant_bits() -> float:
@@ -77,7 +78,7 @@ def check_largest_batch(answer: int) -> bool:
     """
     ok = answer == solution_largest_batch()
     return report("largest_batch", ok, "raise batch_size one at a time until the estimated peak passes 16 * 2**30 "
-                                       "bytes (GiB, not 1e9-byte GB)")
+                                       "bytes (GiB, not 1e9-byte GB)", answer=answer)
 
 
 def solution_largest_batch() -> int:
@@ -100,7 +101,8 @@ def check_33b_batch(answer: int) -> bool:
     gradient checkpointing; the card holds 24 * 2**30 bytes for the step (the CUDA context left out).
     """
     ok = answer == solution_33b_batch()
-    return report("33b_batch", ok, "raise batch_size one at a time until the estimated peak passes 24 * 2**30 bytes")
+    return report("33b_batch", ok, "raise batch_size one at a time until the estimated peak passes 24 * 2**30 bytes",
+                  answer=answer)
 
 
 def solution_33b_batch() -> int:
@@ -119,7 +121,7 @@ def check_bfloat16_step(answer: float) -> bool:
     """Predict, then run: the smallest power of two u = 2**-k for which bfloat16(1.0) + u is not 1.0."""
     ok = close_to(answer, solution_bfloat16_step(), rel_tol=1e-6)
     return report("bfloat16_step", ok, "try torch.tensor(1.0, dtype=torch.bfloat16) + 2.0 ** -k for k = 1, 2, ... "
-                                       "and keep the smallest u that changes the sum")
+                                       "and keep the smallest u that changes the sum", answer=answer)
 
 
 def solution_bfloat16_step() -> float:

@@ -23,7 +23,8 @@ def _random_matrices() -> list[torch.Tensor]:
 
 def check_low_rank_params(answer: int) -> bool:
     """How many numbers do B (1000 x 8) and A (8 x 1000) hold together, instead of W (1000 x 1000)?"""
-    return report("low_rank_params", answer == solution_low_rank_params(), "count B's entries and A's entries")
+    return report("low_rank_params", answer == solution_low_rank_params(), "count B's entries and A's entries",
+                  answer=answer)
 
 
 def solution_low_rank_params() -> int:
@@ -34,7 +35,7 @@ def solution_low_rank_params() -> int:
 def check_ranks_99_percent(answer: int) -> bool:
     """What is the largest rank r whose factors have more than 99% fewer parameters than a 1000 x 1000 W?"""
     hint = "more than 99% fewer means r (m + n) < 0.01 m n; is rank 8 really enough?"
-    return report("ranks_99_percent", answer == solution_ranks_99_percent(), hint)
+    return report("ranks_99_percent", answer == solution_ranks_99_percent(), hint, answer=answer)
 
 
 def solution_ranks_99_percent() -> int:
@@ -46,7 +47,7 @@ def solution_ranks_99_percent() -> int:
 def check_eckart_young_error(answer: float) -> bool:
     """W = diag(5, 3, 2, 1). What is ||W - W_2||_F for its best rank-2 approximation W_2?"""
     ok = close_to(answer, solution_eckart_young_error(), rel_tol=1e-4)
-    return report("eckart_young_error", ok, "the error is the norm of the singular values you drop")
+    return report("eckart_young_error", ok, "the error is the norm of the singular values you drop", answer=answer)
 
 
 def solution_eckart_young_error() -> float:
@@ -85,7 +86,8 @@ def check_perturbation_growth(answer: float) -> bool:
     pass that ratio (2 for eps, 4 for eps^2)."""
     hint = ("at a minimum the first derivative is zero, so the error rises with the square of the move; "
             "measure rise(2 eps) / rise(eps) with eps = 0.01 in float64")
-    return report("perturbation_growth", close_to(answer, solution_perturbation_growth(), abs_tol=0.3), hint)
+    return report("perturbation_growth", close_to(answer, solution_perturbation_growth(), abs_tol=0.3), hint,
+                  answer=answer)
 
 
 def solution_perturbation_growth() -> float:
@@ -108,7 +110,7 @@ def check_random_effective_rank(answer: int) -> bool:
     Then measure it with ``effective_rank(torch.randn(256, 256))``."""
     expected = solution_random_effective_rank()
     hint = "noise spreads its energy over all directions: far more than half of 256 is not right, nor a handful"
-    return report("random_effective_rank", close_to(answer, expected, abs_tol=5), hint)
+    return report("random_effective_rank", close_to(answer, expected, abs_tol=5), hint, answer=answer)
 
 
 def solution_random_effective_rank() -> int:

@@ -40,7 +40,8 @@ def check_llama7b_lora_params(answer: int) -> bool:
     """LoRA with r = 8 on Wq and Wv in all 32 layers of a model with hidden size 4096 (Llama-7B): how many
     trainable parameters?"""
     return report("llama7b_lora_params", answer == solution_llama7b_lora_params(),
-                  "each adapted (4096 x 4096) matrix gets A (r, 4096) and B (4096, r); count the matrices")
+                  "each adapted (4096 x 4096) matrix gets A (r, 4096) and B (4096, r); count the matrices",
+                  answer=answer)
 
 
 def solution_llama7b_lora_params() -> int:
@@ -50,7 +51,8 @@ def solution_llama7b_lora_params() -> int:
 
 def check_adapter_bytes(answer: int) -> bool:
     """How many bytes does that adapter take saved in float16 (2 bytes per parameter)?"""
-    return report("adapter_bytes", answer == solution_adapter_bytes(), "parameters times bytes per parameter")
+    return report("adapter_bytes", answer == solution_adapter_bytes(), "parameters times bytes per parameter",
+                  answer=answer)
 
 
 def solution_adapter_bytes() -> int:
@@ -86,7 +88,8 @@ def check_smallest_rank(answer: int) -> bool:
     """Predict first, then read the rank sweep (``lora_sweeps.load_sweeps``) or run the points yourself: the
     smallest r (all linear layers, alpha = 2r) whose mean held-out exact match over 3 seeds reaches 85%."""
     return report("smallest_rank", answer == solution_smallest_rank(),
-                  "average the 3 seeds at each r in select(load_sweeps(), 'rank') and take the first r at >= 85%")
+                  "average the 3 seeds at each r in select(load_sweeps(), 'rank') and take the first r at >= 85%",
+                  answer=answer)
 
 
 def solution_smallest_rank() -> int:
@@ -101,7 +104,7 @@ def check_alpha_compensation(answer: str) -> bool:
     exactly the same training run: 'both' (double the learning rate of A and B), 'A' (double A's only) or 'B'
     (double B's only)? Predict, then try each with ``toy_run`` of the lesson."""
     hint = "dW = (alpha / r) B A and B starts at 0: Adam's step size does not depend on the gradient's scale"
-    return report("alpha_compensation", answer == solution_alpha_compensation(), hint)
+    return report("alpha_compensation", answer == solution_alpha_compensation(), hint, answer=answer)
 
 
 def solution_alpha_compensation() -> str:
@@ -116,7 +119,8 @@ def check_random_b_init(zero_b_change: float, random_b_change: float) -> bool:
     numbers = is_number(zero_b_change) and is_number(random_b_change)
     ok = numbers and zero_b_change == 0 and random_b_change > 1e-3
     return report("random_b_init", ok, "B = 0 gives exactly the base model's logits (difference 0); a random B "
-                  "changes every adapted layer from the first step: pass the two measured differences")
+                  "changes every adapted layer from the first step: pass the two measured differences",
+                  answer=zero_b_change)
 
 
 def solution_random_b_init(std: float = 0.05) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.blockwise import nearest_code
-from qlora_lessons.exercises import agrees, close_to, is_number, report
+from qlora_lessons.exercises import agrees, attempt, close_to, is_number, report, report_error
 from qlora_lessons.nf4 import fp4_code, nf4_code
 
 
@@ -61,7 +61,7 @@ def solution_pack_pair(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
 
 def check_n_constants(answer: int) -> bool:
     """How many absmax constants does a 4096 x 4096 weight need at blocksize 64?"""
-    return report("n_constants", answer == solution_n_constants(), "one constant per block of 64 values")
+    return report("n_constants", answer == solution_n_constants(), "one constant per block of 64 values", answer=answer)
 
 
 def solution_n_constants() -> int:
@@ -72,7 +72,8 @@ def solution_n_constants() -> int:
 def check_seed_example_level(answer: float) -> bool:
     """A block whose absmax is 1 holds -0.765432. Which NF4 level does it become (a number in [-1, 1])?"""
     ok = close_to(answer, solution_seed_example_level(), abs_tol=1e-6)
-    return report("seed_example_level", ok, "find the nearest of the 16 values of nf4_code(); it is not -0.75")
+    return report("seed_example_level", ok, "find the nearest of the 16 values of nf4_code(); it is not -0.75",
+                  answer=answer)
 
 
 def solution_seed_example_level() -> float:
@@ -89,9 +90,9 @@ def check_fp4_decode(fn: Callable) -> bool:
     expected = fp4_code()
     for bits in range(16):
         try:
-            got = float(fn(bits))
+            got = float(attempt(fn, bits))
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("fp4_decode", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("fp4_decode", error)
         if not math.isclose(got, float(expected[bits]), rel_tol=1e-6, abs_tol=1e-9):
             return report("fp4_decode", False, f"pattern {bits} (0b{bits:04b}) gave {got:.6g}; "
                           "sign = bits >> 3, e = (bits >> 1) & 3, m = bits & 1")
@@ -109,7 +110,7 @@ def check_reduction_vs_bfloat16(answer: float) -> bool:
     """By what fraction does NF4 at blocksize 64, with one float32 absmax per block, shrink a bfloat16 weight?"""
     ok = close_to(answer, solution_reduction_vs_bfloat16(), abs_tol=5e-4)
     hint = "count the bits per weight, codes and constants: 4 + 32 / 64; compare with 16 (a fraction: 0.5 is 50%)"
-    return report("reduction_vs_bfloat16", ok, hint)
+    return report("reduction_vs_bfloat16", ok, hint, answer=answer)
 
 
 def solution_reduction_vs_bfloat16() -> float:
@@ -130,11 +131,12 @@ def check_best_offset(answer: float) -> bool:
     which offset gives the highest signal-to-noise ratio? (Within 0.03 dB of the best counts as right.)"""
     w = torch.randn(2**16, generator=torch.Generator().manual_seed(5))
     if not is_number(answer) or not 0.85 <= answer <= 0.99:
-        return report("best_offset", False, "a probability between 0.85 and 0.99, e.g. the best of your sweep")
+        return report("best_offset", False, "a probability between 0.85 and 0.99, e.g. the best of your sweep",
+                      answer=answer)
     best = max(_offset_snr(o, w) for o in torch.linspace(0.85, 0.99, 15).tolist())
     hint = ("for each offset in torch.linspace(0.85, 0.99, 15): SNR of fake_quantize(w, normal_code(offset)); "
             "is NF4's 0.9677 the best?")
-    return report("best_offset", _offset_snr(answer, w) >= best - 0.03, hint)
+    return report("best_offset", _offset_snr(answer, w) >= best - 0.03, hint, answer=answer)
 
 
 def solution_best_offset(w: torch.Tensor | None = None) -> float:

@@ -12,13 +12,14 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.double_quant import dequantize_absmax, dynamic_map, quantize_absmax
-from qlora_lessons.exercises import close_to, report
+from qlora_lessons.exercises import attempt, close_to, report, report_error
 
 
 def check_bits_at_blocksize_128(answer: float) -> bool:
     """Bits per parameter of NF4 with double quantization at blocksize 128 (constants in blocks of 256)?"""
     hint = "4 bits + one 8-bit code per 128 weights + one float32 per 128 * 256 weights"
-    return report("bits_at_blocksize_128", close_to(answer, solution_bits_at_blocksize_128(), abs_tol=1e-6), hint)
+    return report("bits_at_blocksize_128", close_to(answer, solution_bits_at_blocksize_128(), abs_tol=1e-6), hint,
+                  answer=answer)
 
 
 def solution_bits_at_blocksize_128() -> float:
@@ -29,7 +30,7 @@ def solution_bits_at_blocksize_128() -> float:
 def check_gb_saved_65b(answer: float) -> bool:
     """How many GB (10^9 bytes) does double quantization save on a 65B-parameter model at blocksize 64?"""
     hint = "(32 / 64 - 8 / 64 - 32 / (64 * 256)) bits per parameter, times 65e9 parameters, divided by 8 bits per byte"
-    return report("gb_saved_65b", close_to(answer, solution_gb_saved_65b(), abs_tol=0.01), hint)
+    return report("gb_saved_65b", close_to(answer, solution_gb_saved_65b(), abs_tol=0.01), hint, answer=answer)
 
 
 def solution_gb_saved_65b() -> float:
@@ -42,7 +43,7 @@ def check_saving_fraction(answer: float) -> bool:
     """What fraction of the memory of 4-bit weights with their constants (blocksize 64) does double quantization save?
     Give a fraction (0.1 is 10%)."""
     hint = "compare the 0.373 bits saved with the 4.5 bits per parameter that the 4-bit model spends"
-    return report("saving_fraction", close_to(answer, solution_saving_fraction(), abs_tol=1e-3), hint)
+    return report("saving_fraction", close_to(answer, solution_saving_fraction(), abs_tol=1e-3), hint, answer=answer)
 
 
 def solution_saving_fraction() -> float:
@@ -63,9 +64,9 @@ def check_centre(fn: Callable) -> bool:
         return report("centre", False, f"pass your function itself (no brackets), got {type(fn).__name__}")
     for absmax in _constants():
         try:
-            centred, offset = fn(absmax)
+            centred, offset = attempt(fn, absmax)
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("centre", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("centre", error)
         expected, expected_offset = solution_centre(absmax)
         same_offset = close_to(float(offset), expected_offset, abs_tol=1e-6)
         if not (same_offset and torch.allclose(torch.as_tensor(centred), expected)):
@@ -86,9 +87,9 @@ def check_rebuild_constants(fn: Callable) -> bool:
     for absmax in _constants():
         codes, offset, state2 = quantize_absmax(absmax, 256)
         try:
-            got = torch.as_tensor(fn(codes, offset, state2.absmax, dynamic_map(), 256))
+            got = torch.as_tensor(attempt(fn, codes, offset, state2.absmax, dynamic_map(), 256))
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("rebuild_constants", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("rebuild_constants", error)
         expected = dequantize_absmax(codes, offset, state2)
         if got.shape != expected.shape or not torch.allclose(got.float(), expected, rtol=1e-6, atol=1e-7):
             return report("rebuild_constants", False, "code8[codes] * absmax2[i // blocksize2] + offset")
@@ -105,7 +106,7 @@ def check_dq_stops_paying(answer: int) -> bool:
     """Double quantization saves 8.3% of the bits at blocksize 64. Predict, then compute with ``bits_per_param``
     over the blocksizes 32, 64, ..., 4096: the smallest blocksize at which it saves less than 5%?"""
     hint = "for each blocksize: (bits_per_param(b) - bits_per_param(b, double_quant=True)) / bits_per_param(b)"
-    return report("dq_stops_paying", answer == solution_dq_stops_paying(), hint)
+    return report("dq_stops_paying", answer == solution_dq_stops_paying(), hint, answer=answer)
 
 
 def solution_dq_stops_paying() -> int:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from qlora_lessons.double_quant import dequantize_blockwise_8bit, dynamic_map, quantize_blockwise_8bit
-from qlora_lessons.exercises import close_to, is_number, report
+from qlora_lessons.exercises import attempt, close_to, is_number, report, report_error
 from qlora_lessons.memory_models import load_config
 from qlora_lessons.paging_state import MIN_PAGED_SIZE, lora_adapter_shapes, optimizer_state_bytes
 
@@ -24,7 +24,7 @@ def check_adamw_state_bytes(answer: int) -> bool:
     """Bytes of AdamW state (float32) for a 7B-parameter model: ``N_PARAMS_7B`` trainable parameters."""
     expected = optimizer_state_bytes(N_PARAMS_7B, "adamw").state_bytes
     hint = "two moments (m and v) per parameter, 4 bytes each"
-    return report("AdamW state bytes", close_to(answer, expected, rel_tol=1e-6), hint)
+    return report("AdamW state bytes", close_to(answer, expected, rel_tol=1e-6), hint, answer=answer)
 
 
 def solution_adamw_state_bytes() -> int:
@@ -46,7 +46,7 @@ def check_paged_tensors_7b(answer: int) -> bool:
     expected = sum(rows * cols >= MIN_PAGED_SIZE for rows, cols in shapes.values())
     ok = is_number(answer) and answer == expected
     hint = "lora_A is (r, in), lora_B (out, r); count those with r x (in or out) >= 100,000 (in/out: 4096 or 11008)"
-    return report("paged adapter tensors", ok, hint)
+    return report("paged adapter tensors", ok, hint, answer=answer)
 
 
 def solution_paged_tensors_7b() -> int:
@@ -64,7 +64,7 @@ def check_evictable_bytes_7b(answer: int) -> bool:
     expected = optimizer_state_bytes([rows * cols for rows, cols in shapes.values()] * layers,
                                      "paged_adamw").evictable_bytes
     hint = "only the tensors of at least 1e5 elements count (exercise 2); m and v in float32; every layer has them"
-    return report("evictable bytes", close_to(answer, expected, rel_tol=1e-9), hint)
+    return report("evictable bytes", close_to(answer, expected, rel_tol=1e-9), hint, answer=answer)
 
 
 def solution_evictable_bytes_7b() -> int:
@@ -78,7 +78,8 @@ def check_rank_all_paged(answer: int) -> bool:
     expected = next(r for r in range(1, 4097)
                     if all(a * b >= MIN_PAGED_SIZE for a, b in _llama_7b_adapters(r)[0].values()))
     ok = is_number(answer) and answer == expected
-    return report("rank with every tensor paged", ok, "the smallest tensor is r x 4096: solve r x 4096 >= 100,000")
+    return report("rank with every tensor paged", ok, "the smallest tensor is r x 4096: solve r x 4096 >= 100,000",
+                  answer=answer)
 
 
 def solution_rank_all_paged() -> int:
@@ -94,9 +95,9 @@ def check_adamw8bit_state_bytes(fn: Callable[[int], int]) -> bool:
         return report("AdamW8bit state bytes", False, "pass a function of numel, not a number")
     cases = (1, 100, 4095, 4096, 4097, 1_000_000)
     try:
-        ok = all(fn(n) == optimizer_state_bytes(n, "adamw8bit").state_bytes for n in cases)
+        ok = all(attempt(fn, n) == optimizer_state_bytes(n, "adamw8bit").state_bytes for n in cases)
     except Exception as error:  # a learner's function may fail in any way; say how
-        return report("AdamW8bit state bytes", False, f"your function raised {type(error).__name__}: {error}")
+        return report_error("AdamW8bit state bytes", error)
     hint = "tensors under 4096 elements keep float32 m and v; larger: 1 byte each + a float32 absmax per 256"
     return report("AdamW8bit state bytes", ok, hint)
 
@@ -118,7 +119,7 @@ def check_8bit_saving_7b(answer: float) -> bool:
     expected = (optimizer_state_bytes(N_PARAMS_7B, "adamw").state_bytes
                 - optimizer_state_bytes(N_PARAMS_7B, "adamw8bit").state_bytes)
     hint = "8 bytes per parameter before; after: 2 bytes of codes + 2 float32 absmax per 256 + 2 x 1 KiB of tables"
-    return report("8-bit saving (7B)", close_to(answer, expected, rel_tol=1e-6), hint)
+    return report("8-bit saving (7B)", close_to(answer, expected, rel_tol=1e-6), hint, answer=answer)
 
 
 def solution_8bit_saving_7b() -> int:
@@ -134,7 +135,8 @@ def check_levels_for_v(answer: int) -> bool:
     """How many of the 256 levels of the *signed* dynamic map could store a second moment v (v >= 0)?"""
     expected = int((dynamic_map(signed=True) >= 0).sum())
     ok = isinstance(answer, int) and not isinstance(answer, bool) and answer == expected
-    return report("levels for v", ok, "count the levels >= 0 of dynamic_map(signed=True): zero and the positives")
+    return report("levels for v", ok, "count the levels >= 0 of dynamic_map(signed=True): zero and the positives",
+                  answer=answer)
 
 
 def solution_levels_for_v() -> int:
@@ -156,9 +158,9 @@ def check_dequantize_moment(fn: Callable) -> bool:
     for moment, code in _moments():
         codes, state = quantize_blockwise_8bit(moment, 256, code=code)
         try:
-            got = torch.as_tensor(fn(codes, state.absmax, code, 256))
+            got = torch.as_tensor(attempt(fn, codes, state.absmax, code, 256))
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("dequantize_moment", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("dequantize_moment", error)
         expected = dequantize_blockwise_8bit(codes, state)
         if got.shape != expected.shape or not torch.allclose(got.float(), expected, rtol=1e-6, atol=0.0):
             return report("dequantize_moment", False, "code[codes[i]] * absmax[i // blocksize], for every i")

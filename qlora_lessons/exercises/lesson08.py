@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from qlora_lessons.exercises import close_to, is_number, report
+from qlora_lessons.exercises import attempt, close_to, is_number, report, report_error
 from qlora_lessons.memory import count_lora_parameters, model_config
 from qlora_lessons.nf4 import dequantize_4bit
 from qlora_lessons.qlora import QLoRALinear
@@ -22,7 +22,7 @@ from qlora_lessons.qlora_merge import merge_retention
 def check_trainable_7b(answer: int) -> bool:
     """Trainable parameters of LoRA r=16 on all seven linear layers of each of LLaMA-7B's 32 decoder layers?"""
     hint = "per layer: sum of r * (in + out) over q, k, v, o (4096 x 4096) and gate, up (11008 x 4096), down"
-    return report("trainable_7b", is_number(answer) and answer == solution_trainable_7b(), hint)
+    return report("trainable_7b", is_number(answer) and answer == solution_trainable_7b(), hint, answer=answer)
 
 
 def solution_trainable_7b() -> int:
@@ -36,7 +36,7 @@ def check_weight_bytes_4096(answer: float) -> bool:
     of 256): the codes and the constants (leave out the two small code tables)."""
     ok = close_to(answer, solution_weight_bytes_4096(), rel_tol=1e-4)
     hint = "half a byte per weight, one byte per block of 64, one float32 per 256 blocks"
-    return report("weight_bytes_4096", ok, hint)
+    return report("weight_bytes_4096", ok, hint, answer=answer)
 
 
 def solution_weight_bytes_4096() -> float:
@@ -48,7 +48,8 @@ def solution_weight_bytes_4096() -> float:
 def check_adapter_megabytes(answer: float) -> bool:
     """Megabytes (10^6 bytes) of the file that saves the adapter of exercise 1 in bfloat16 (leave out the header)."""
     ok = close_to(answer, solution_adapter_megabytes(), abs_tol=0.05)
-    return report("adapter_megabytes", ok, "trainable parameters times 2 bytes; the 4-bit base is not in the file")
+    return report("adapter_megabytes", ok, "trainable parameters times 2 bytes; the 4-bit base is not in the file",
+                  answer=answer)
 
 
 def solution_adapter_megabytes() -> float:
@@ -68,10 +69,10 @@ def check_qlora_forward(fn: Callable) -> bool:
             layer.lora_B.copy_(torch.randn(out_features, r, generator=generator))
         x = torch.randn(5, in_features, generator=generator)
         try:
-            got = fn(x, layer.weight_4bit, layer.quant_state, layer.lora_A.detach(), layer.lora_B.detach(),
+            got = attempt(fn, x, layer.weight_4bit, layer.quant_state, layer.lora_A.detach(), layer.lora_B.detach(),
                      layer.scaling)
         except Exception as error:  # a learner's function can fail in any way; say how, do not crash the cell
-            return report("qlora_forward", False, f"your function raised {type(error).__name__}: {error}")
+            return report_error("qlora_forward", error)
         expected = layer(x).detach()
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.allclose(
                 got.float(), expected, rtol=1e-5, atol=1e-5):
@@ -90,7 +91,8 @@ def check_merge_target(answer: str) -> bool:
     merged model computes what the QLoRA model computed: 'original' (the 16-bit checkpoint) or 'dequantized'
     (the 4-bit weights, dequantized to 16 bits)?"""
     ok = isinstance(answer, str) and answer.strip().lower() == solution_merge_target()
-    return report("merge_target", ok, "the adapter was trained on top of the 4-bit weights, not the original ones")
+    return report("merge_target", ok, "the adapter was trained on top of the 4-bit weights, not the original ones",
+                  answer=answer)
 
 
 def solution_merge_target() -> str:
@@ -106,14 +108,17 @@ def check_fp4_experiment(prediction: bool, fp4_score: float, nf4_score: float) -
     LLaMA models; a 2.8M-parameter model on a small task may or may not show it.
     """
     if not isinstance(prediction, bool):
-        return report("fp4_experiment", False, "first write your prediction: True (within 5 points) or False")
+        return report("fp4_experiment", False, "first write your prediction: True (within 5 points) or False",
+                      answer=prediction)
     if not (is_number(fp4_score) and 0.0 <= fp4_score <= 1.0) or not (is_number(nf4_score) and 0 <= nf4_score <= 1):
         return report("fp4_experiment", False, "then measure fp4_score, a fraction from 0 to 1: repeat sections "
-                      "3-6 with quantization='fp4', or run lesson08.solution_qlora_score('fp4', ...)")
+                      "3-6 with quantization='fp4', or run lesson08.solution_qlora_score('fp4', ...)",
+                      answer=prediction)
     within = abs(fp4_score - nf4_score) <= 0.05
     print(f"measured: FP4 {fp4_score:.1%} vs NF4 {nf4_score:.1%} ({'within' if within else 'more than'} 5 points)")
     return report("fp4_experiment", prediction == within,
-                  "your prediction and your measurement disagree: what does FP4's code waste? (lesson 05)")
+                  "your prediction and your measurement disagree: what does FP4's code waste? (lesson 05)",
+                  answer=prediction)
 
 
 def solution_qlora_score(quantization: str, train: list, test: list, *, model_id: str = "course-model", r: int = 2,
@@ -145,9 +150,9 @@ def check_merge_kept(answer: float, weights: list, deltas: list, scale: float = 
     """
     if not is_number(answer):
         return report("merge_kept", False, "a fraction from 0 to 1: predict it, then measure it with "
-                      f"merge_retention(W4, [{scale:g} * d for d in dW]).kept")
+                      f"merge_retention(W4, [{scale:g} * d for d in dW]).kept", answer=answer)
     ok = close_to(answer, solution_merge_kept(weights, deltas, scale), abs_tol=0.05)
-    return report("merge_kept", ok, f"measure it: merge_retention(W4, [{scale:g} * d for d in dW]).kept")
+    return report("merge_kept", ok, f"measure it: merge_retention(W4, [{scale:g} * d for d in dW]).kept", answer=answer)
 
 
 def solution_merge_kept(weights: list, deltas: list, scale: float = 32) -> float:
