@@ -160,7 +160,7 @@ def breakdown_table(breakdown: MemoryBreakdown) -> str:
 # file browser open (about 860 px), and the labels (description_width) are as wide in every row.
 _LABEL = {"description_width": "110px"}
 _ROWS = (("model", "dtype", "optimizer"), ("method", "checkpointing"), ("batch_size", "seq_len"),
-         ("lora_r", "targets"))
+         ("r", "target_modules"))
 
 
 def memory_calculator():

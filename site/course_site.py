@@ -3,6 +3,7 @@
 Before each build it
 - copies ``notebooks/*.ipynb`` into ``site/notebooks/`` (git-ignored), so the lesson pages are the committed,
   executed notebooks (myst-nb renders them as saved) and README.md's links ``notebooks/NN_x.ipynb`` resolve;
+- copies ``workshop/*.md`` into ``site/workshop/`` (git-ignored): the instructor's kit as pages;
 - writes ``site/_generated/lesson_map.md``, the lesson table, from ``qlora_lessons.course.LESSONS``;
 - writes ``site/_generated/api.md``, the API reference (``course_api.py``).
 While building it nests a lesson's later level-1 headings under its title, points links to ``.ipynb`` files at
@@ -57,6 +58,10 @@ def generate(app=None) -> None:
         source, copy = ROOT / "notebooks" / name, copies / name
         if not copy.exists() or copy.read_bytes() != source.read_bytes():
             shutil.copy2(source, copy)
+    kit = SITE / "workshop"  # the instructor's kit (workshop/*.md) as pages, so README's links to it resolve
+    kit.mkdir(exist_ok=True)
+    for page in sorted((ROOT / "workshop").glob("*.md")):
+        _write_if_changed(kit / page.name, page.read_text(encoding="utf-8"))
     GENERATED.mkdir(exist_ok=True)
     _write_if_changed(GENERATED / "lesson_map.md", lesson_map())
     _write_if_changed(GENERATED / "api.md", api_reference())
