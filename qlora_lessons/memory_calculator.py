@@ -174,7 +174,7 @@ def memory_calculator():
     widgets = course_import("ipywidgets")
     plt = course_import("matplotlib.pyplot")
 
-    def sized(width: str) -> widgets.Layout:
+    def sized(width: str):  # -> ipywidgets.Layout
         return widgets.Layout(width=width)
 
     start = CALCULATOR_START

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import torch
 
@@ -48,7 +48,7 @@ def report(name: str, ok: bool, hint: str = "", *, answer: object = _NO_ANSWER) 
     return bool(ok)
 
 
-def attempt(fn: Callable, *args: object) -> object:
+def attempt(fn: Callable, *args: object) -> Any:  # a learner's answer: any type, checked by the caller
     """Call a learner's function; raise ``NotAnswered`` if it is the untouched template.
 
     Untouched means it returns ``None`` (a body that is only ``...`` or ``return None``) or raises
